@@ -1,0 +1,195 @@
+//! Rollout and AnalysisTemplate specs: the validated types the rest of teal uses.
+//!
+//! Files are parsed in two stages (see [`parse`]): raw serde types that mirror the YAML
+//! and reject unknown fields, then these validated types. Field names follow Argo
+//! Rollouts' `blueGreen` strategy so manifests read the same.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+mod parse;
+mod raw;
+
+pub use parse::{SpecError, SpecErrors, parse_documents};
+
+/// The `apiVersion` teal's own documents carry.
+pub const API_VERSION: &str = "teal.dev/v1alpha1";
+
+/// One document of a spec file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Document {
+    /// `kind: Rollout`.
+    Rollout(RolloutSpec),
+    /// `kind: AnalysisTemplate`; stored now, evaluated by the analysis engine.
+    AnalysisTemplate(AnalysisTemplateSpec),
+}
+
+/// A validated `kind: Rollout`: one service under teal's control.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    /// `metadata.name`: a DNS-label-like name (lowercase letters, digits, `-`).
+    pub name: String,
+    /// `spec.replicas`: instances per color once promoted. Default 1.
+    pub replicas: u32,
+    /// `spec.template`: what one instance runs. Any change makes a new revision.
+    pub template: Template,
+    /// `spec.progressDeadlineSeconds`: how long a new revision may take to become
+    /// ready before the rollout is Degraded (ProgressDeadlineExceeded). Default 600 s.
+    pub progress_deadline: Duration,
+    /// `spec.strategy.blueGreen`.
+    pub strategy: BlueGreen,
+}
+
+/// `spec.template`: the process and how to tell it is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Template {
+    /// `template.process`.
+    pub process: Process,
+    /// `template.readinessProbe`: gates traffic. Without one, an instance is ready as
+    /// soon as its port accepts a TCP connection.
+    pub readiness_probe: Option<Probe>,
+    /// `template.livenessProbe`: restarts an instance that fails it. None by default.
+    pub liveness_probe: Option<Probe>,
+    /// `template.terminationGracePeriodSeconds`: SIGTERM, then SIGKILL after this.
+    /// Default 30 s.
+    pub termination_grace_period: Duration,
+}
+
+impl Template {
+    /// A short, stable fingerprint of the template (like Argo's pod-template-hash):
+    /// two templates with equal hashes run the same thing.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a template always serializes");
+        let digest = Sha256::digest(&canonical);
+        digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// `template.process`: a local command.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Process {
+    /// `command`: program and leading arguments; never empty. `$(PORT)` is replaced by
+    /// the instance's port.
+    pub command: Vec<String>,
+    /// `args`: appended to `command`, with the same `$(PORT)` substitution.
+    pub args: Vec<String>,
+    /// `env`: extra environment (name, value), in file order. `PORT` is always set.
+    pub env: Vec<EnvVar>,
+    /// `workingDir`: the directory the process starts in; relative paths are taken
+    /// from the directory of the spec file. Default: that directory.
+    pub working_dir: Option<PathBuf>,
+}
+
+/// One `env` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// A readiness or liveness probe (Kubernetes' fields and defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Probe {
+    /// What to check.
+    pub action: ProbeAction,
+    /// `initialDelaySeconds`: wait before the first check. Default 0.
+    pub initial_delay: Duration,
+    /// `periodSeconds`: time between checks. Default 10 s (Kubernetes' default).
+    pub period: Duration,
+    /// `timeoutSeconds`: a check slower than this fails. Default 1 s.
+    pub timeout: Duration,
+    /// `successThreshold`: consecutive passes to become ready. Default 1.
+    pub success_threshold: u32,
+    /// `failureThreshold`: consecutive failures to become not ready (or be restarted,
+    /// for liveness). Default 3.
+    pub failure_threshold: u32,
+}
+
+/// `httpGet` or `tcpSocket`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// `httpGet: {path}`: a GET to the instance's port; 200..=399 passes.
+    HttpGet {
+        /// Request path, starting with `/`.
+        path: String,
+    },
+    /// `tcpSocket: {}`: the instance's port accepts a connection.
+    TcpSocket,
+}
+
+/// `spec.strategy.blueGreen`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlueGreen {
+    /// `activeService.listen`: where users connect. Required.
+    pub active_listen: SocketAddr,
+    /// `previewService.listen`: where testers reach the candidate. Optional; must
+    /// differ from the active address. Without a candidate it serves the active color,
+    /// as Argo's preview Service does.
+    pub preview_listen: Option<SocketAddr>,
+    /// `previewMatch`: requests on the active listener that go to the candidate.
+    pub preview_match: PreviewMatch,
+    /// `autoPromotionEnabled`: promote without a person once the candidate is ready.
+    /// Default true, as in Argo Rollouts.
+    pub auto_promotion_enabled: bool,
+    /// `autoPromotionSeconds`: with auto-promotion, wait this long in preview first.
+    /// Default 0.
+    pub auto_promotion_delay: Duration,
+    /// `scaleDownDelaySeconds`: how long the old color stays warm after a switch.
+    /// Default 30 s.
+    pub scale_down_delay: Duration,
+    /// `abortScaleDownDelaySeconds`: how long an aborted candidate keeps running.
+    /// Default 30 s; `0` (None here) keeps it running until the next apply or retry.
+    pub abort_scale_down_delay: Option<Duration>,
+    /// `previewReplicaCount`: instances of the candidate before promotion. Default:
+    /// `replicas`.
+    pub preview_replica_count: Option<u32>,
+    /// How long in-flight requests on the old color may take to finish after a switch
+    /// before the old color is stopped anyway. teal's own field (`drainTimeoutSeconds`);
+    /// default 30 s.
+    pub drain_timeout: Duration,
+}
+
+/// `previewMatch`: cookie and/or header that sends a request to the candidate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PreviewMatch {
+    /// `cookie: {name, value}`.
+    pub cookie: Option<NameValue>,
+    /// `header: {name, value}`; the name is compared case-insensitively.
+    pub header: Option<NameValue>,
+}
+
+/// A name and the exact value it must have.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NameValue {
+    /// Cookie or header name.
+    pub name: String,
+    /// The value that matches.
+    pub value: String,
+}
+
+/// A validated `kind: AnalysisTemplate`. Its metrics are kept as written until the
+/// analysis engine gives them types of their own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisTemplateSpec {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec`, as JSON.
+    pub spec: serde_json::Value,
+}
+
+impl RolloutSpec {
+    /// Instances the candidate runs before promotion.
+    pub fn preview_replicas(&self) -> u32 {
+        self.strategy
+            .preview_replica_count
+            .unwrap_or(self.replicas)
+            .min(self.replicas)
+    }
+}

@@ -1,0 +1,1 @@
+//! Stage one: serde types that mirror the YAML exactly and reject unknown fields.

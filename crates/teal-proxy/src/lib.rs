@@ -1,0 +1,68 @@
+//! teal's data plane: one reverse proxy per rollout.
+//!
+//! Every request reads one atomically swapped [`RouteTable`]: which ready instances
+//! serve the active route and which serve the preview route. Nothing caches a color per
+//! connection, so after a swap the next request on every keep-alive connection goes to
+//! the new color, while requests already in flight finish where they started.
+//!
+//! CONTRACT (the daemon is written against it; keep these names and meanings):
+//! - `Proxy::new(rollout_name) -> Arc<Proxy>`
+//! - `Proxy::set_routes(&self, RouteTable)`: one atomic swap.
+//! - `Proxy::routes(&self) -> Arc<RouteTable>`
+//! - `Proxy::in_flight(&self, Color) -> u64`: requests currently being served by that
+//!   color (guards that also fire when the client goes away).
+//! - `Proxy::drain(&self, Color, Duration) -> bool`: waits until nothing is in flight
+//!   on the color, or the timeout; true when drained.
+//! - `Proxy::stats(&self, Color) -> ColorStats`: counters since start.
+//! - `serve(listener, proxy, Role, shutdown)`: the caller binds, the server serves.
+
+#![warn(missing_docs)]
+
+mod body;
+mod headers;
+mod proxy;
+mod routing;
+mod server;
+
+use std::net::SocketAddr;
+
+use teal_core::Color;
+use teal_core::spec::PreviewMatch;
+
+pub use proxy::{
+    CONNECT_TIMEOUT, ColorStats, POOL_IDLE_TIMEOUT, Proxy, UPSTREAM_HEADER_TIMEOUT,
+};
+pub use server::{SHUTDOWN_GRACE, serve};
+
+/// The ready instances of one color at one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The color these instances belong to.
+    pub color: Color,
+    /// The revision they run.
+    pub revision: u64,
+    /// Ready instances only; empty means "answer 503".
+    pub instances: Vec<SocketAddr>,
+}
+
+/// Everything one request needs to be routed; swapped as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    /// Where users go. None before the first revision is ready.
+    pub active: Option<Backend>,
+    /// Where testers go. None: the preview listener serves the active backend (as
+    /// Argo's preview Service points at the stable ReplicaSet between releases) and no
+    /// request on the active listener is diverted.
+    pub preview: Option<Backend>,
+    /// Requests on the active listener that match go to `preview` (when there is one).
+    pub preview_match: PreviewMatch,
+}
+
+/// Which route a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The users' listener: active backend, or preview for matching requests.
+    Active,
+    /// The testers' listener: preview backend, or active when there is none.
+    Preview,
+}
