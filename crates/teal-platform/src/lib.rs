@@ -13,5 +13,27 @@
 //!   bumps whenever readiness or the set of instances changes.
 //! - `log_files(&self, rollout, Option<Color>) -> Vec<LogFile>`.
 //! - `shutdown_all(&self)`: stops everything and waits (daemon shutdown).
+//!
+//! Layout of `run_dir`:
+//! - `instances/<instance-id>.json`: one record per running instance (pid, process
+//!   start time, port, group and spec), so a new daemon can adopt it.
+//! - `logs/<rollout>/<instance-id>.log`: the instance's stdout and stderr, written by
+//!   the process itself (no pipe through the daemon), rotated to `.log.1` at
+//!   [`LOG_SIZE_CAP`].
 
 #![warn(missing_docs)]
+
+mod error;
+mod logs;
+mod platform;
+mod ports;
+mod probe;
+mod procfs;
+mod record;
+mod supervisor;
+mod types;
+
+pub use error::PlatformError;
+pub use logs::LOG_SIZE_CAP;
+pub use platform::LocalPlatform;
+pub use types::{GroupKey, GroupSpec, GroupStatus, InstanceStatus, LogFile};

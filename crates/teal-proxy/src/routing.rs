@@ -143,8 +143,14 @@ mod tests {
             &rule,
             &headers(&[("cookie", "a=b"), ("cookie", "test=\"true\"")])
         ));
-        assert!(!matches_preview(&rule, &headers(&[("cookie", "test=false")])));
-        assert!(!matches_preview(&rule, &headers(&[("cookie", "xtest=true")])));
+        assert!(!matches_preview(
+            &rule,
+            &headers(&[("cookie", "test=false")])
+        ));
+        assert!(!matches_preview(
+            &rule,
+            &headers(&[("cookie", "xtest=true")])
+        ));
         assert!(!matches_preview(&rule, &headers(&[("cookie", "test")])));
         // The header rule is not configured, so a header of that name does nothing.
         assert!(!matches_preview(&rule, &headers(&[("test", "true")])));

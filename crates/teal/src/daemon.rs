@@ -1,0 +1,433 @@
+//! The daemon: commands record desired state, one reconciler per rollout makes the
+//! world match it.
+//!
+//! Commands (apply, promote, abort, retry, undo, delete) and the reconcilers' status
+//! changes are decided one at a time under `decisions`, and each is committed to the
+//! store before anyone is answered. Only reconcilers start, route and stop things.
+
+mod listeners;
+mod reconciler;
+mod view;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use teal_core::api::{
+    ApplyRequest, ApplyResponse, ApplyResult, CommandResponse, HistoryView, PromoteRequest, RolloutView, UndoRequest,
+};
+use teal_core::rollout::{Event, Policy};
+use teal_core::spec::{Document, RolloutSpec, parse_documents};
+use teal_core::Color;
+use teal_platform::{GroupKey, LocalPlatform};
+use teal_proxy::Proxy;
+use tokio::sync::{Notify, watch};
+
+use crate::store::Store;
+use listeners::Listeners;
+
+/// What a call to the daemon can fail with; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The named rollout does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is wrong; nothing changed (400). `details` lists every problem.
+    #[error("{message}")]
+    Invalid {
+        /// One sentence.
+        message: String,
+        /// One line per problem.
+        details: Vec<String>,
+    },
+    /// The rollout's state does not allow this now; nothing changed (409).
+    #[error("{0}")]
+    Refused(String),
+    /// Something broke inside teal (500).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The running parts of one rollout.
+struct Runtime {
+    proxy: Arc<Proxy>,
+    wake: Notify,
+    listeners: Mutex<Listeners>,
+    /// Where the routes point, as last set on the proxy: (active, preview).
+    routes: Mutex<(Option<Color>, Option<Color>)>,
+    /// Dropped to stop the reconciler.
+    stop: watch::Sender<bool>,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    store: Store,
+    platform: Arc<LocalPlatform>,
+    /// One decision at a time: a second command waits for the first, then is judged
+    /// against the state it left.
+    decisions: tokio::sync::Mutex<()>,
+    runtimes: Mutex<BTreeMap<String, Arc<Runtime>>>,
+    /// Bumped whenever a rollout's status changes (for watchers).
+    changes: watch::Sender<u64>,
+}
+
+/// Milliseconds since the epoch: the only clock the daemon reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Daemon {
+    /// Starts the reconcilers and listeners of every stored rollout.
+    pub async fn start(store: Store, platform: Arc<LocalPlatform>) -> anyhow::Result<Arc<Daemon>> {
+        let daemon = Arc::new(Daemon {
+            store,
+            platform,
+            decisions: tokio::sync::Mutex::new(()),
+            runtimes: Mutex::new(BTreeMap::new()),
+            changes: watch::channel(0).0,
+        });
+        for (name, stored) in daemon.store.rollouts()? {
+            let listeners = match Listeners::bind(&stored.spec, None).await {
+                Ok(listeners) => listeners,
+                Err(error) => {
+                    tracing::error!("rollout {name}: {error:#}; it runs without listeners until it is applied again");
+                    listeners::Pending::nothing()
+                }
+            };
+            daemon.install(&name, listeners);
+        }
+        Ok(daemon)
+    }
+
+    /// A receiver that changes whenever any rollout's status changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn runtime(&self, name: &str) -> Option<Arc<Runtime>> {
+        self.runtimes.lock().expect("runtimes lock").get(name).cloned()
+    }
+
+    /// Creates the runtime of a rollout and starts its reconciler and listeners.
+    fn install(self: &Arc<Self>, name: &str, listeners: listeners::Pending) {
+        let proxy = Proxy::new(name);
+        let (stop, stopped) = watch::channel(false);
+        let runtime = Arc::new(Runtime {
+            proxy: proxy.clone(),
+            wake: Notify::new(),
+            listeners: Mutex::new(Listeners::none()),
+            routes: Mutex::new((None, None)),
+            stop,
+        });
+        listeners.serve(&proxy, &mut runtime.listeners.lock().expect("listeners lock"));
+        self.runtimes.lock().expect("runtimes lock").insert(name.to_owned(), runtime.clone());
+        tokio::spawn(reconciler::run(self.clone(), name.to_owned(), runtime, stopped));
+    }
+
+    fn wake(&self, name: &str) {
+        if let Some(runtime) = self.runtime(name) {
+            runtime.wake.notify_one();
+        }
+    }
+
+    /// Creates or updates every document of a spec file. All or nothing.
+    pub async fn apply(self: &Arc<Self>, request: ApplyRequest) -> Result<ApplyResponse, DaemonError> {
+        let documents = parse_documents(&request.file, &request.text, std::path::Path::new(&request.base_dir))
+            .map_err(|errors| DaemonError::Invalid {
+                message: format!(
+                    "{} is not a valid spec ({} problem{}); nothing was changed",
+                    request.file,
+                    errors.0.len(),
+                    if errors.0.len() == 1 { "" } else { "s" }
+                ),
+                details: errors.0.iter().map(ToString::to_string).collect(),
+            })?;
+        let _decision = self.decisions.lock().await;
+
+        // Bind every new listener first: a port in use rejects the whole apply before
+        // anything is stored.
+        let mut bound = Vec::new();
+        for document in &documents {
+            if let Document::Rollout(spec) = document {
+                let current = self.runtime(&spec.name);
+                let current = current.as_ref().map(|r| r.listeners.lock().expect("listeners lock").addresses());
+                let listeners = Listeners::bind(spec, current.as_ref()).await.map_err(|error| {
+                    DaemonError::Invalid {
+                        message: format!("rollout {}: {error:#}; nothing was changed", spec.name),
+                        details: Vec::new(),
+                    }
+                })?;
+                bound.push((spec.name.clone(), listeners));
+            }
+        }
+
+        let now = now_ms();
+        let results = self.store.write(|writer| {
+            let mut results = Vec::new();
+            for document in &documents {
+                results.push(match document {
+                    Document::Rollout(spec) => apply_rollout(writer, spec, now)?,
+                    Document::AnalysisTemplate(template) => {
+                        let changed = writer.put_analysis_template(template, now)?;
+                        ApplyResult {
+                            kind: "AnalysisTemplate".into(),
+                            name: template.name.clone(),
+                            outcome: if changed { "configured" } else { "unchanged" }.into(),
+                            revision: None,
+                        }
+                    }
+                });
+            }
+            Ok(results)
+        })?;
+
+        for (name, listeners) in bound {
+            match self.runtime(&name) {
+                Some(runtime) => listeners.serve(&runtime.proxy, &mut runtime.listeners.lock().expect("listeners lock")),
+                None => self.install(&name, listeners),
+            }
+            self.wake(&name);
+        }
+        self.changes.send_modify(|n| *n += 1);
+        Ok(ApplyResponse { results })
+    }
+
+    /// Runs one event through the state machine and stores the outcome.
+    async fn command(&self, name: &str, cause: &str, event: Event) -> Result<CommandResponse, DaemonError> {
+        let notes = {
+            let _decision = self.decisions.lock().await;
+            let stored = self.stored(name)?;
+            let policy = Policy::from(&stored.spec);
+            let now = now_ms();
+            let transition = stored
+                .status
+                .on(event, &policy, now)
+                .map_err(|refusal| DaemonError::Refused(format!("rollout {name}: {refusal}")))?;
+            self.store.write(|writer| {
+                writer.put_rollout(&stored.spec, &transition.status, now)?;
+                writer.record(name, cause, &transition.notes, now)
+            })?;
+            transition.notes
+        };
+        self.wake(name);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(CommandResponse {
+            notes,
+            rollout: self.get(name)?,
+        })
+    }
+
+    fn stored(&self, name: &str) -> Result<crate::store::StoredRollout, DaemonError> {
+        self.store
+            .rollout(name)?
+            .ok_or_else(|| DaemonError::NotFound(format!("no rollout named {name:?} (teal list shows the rollouts)")))
+    }
+
+    /// Promotes the candidate; with `revision`, only if that is the one in preview.
+    pub async fn promote(&self, name: &str, request: PromoteRequest) -> Result<CommandResponse, DaemonError> {
+        let event = Event::PromoteRequested {
+            expected_revision: request.revision,
+        };
+        self.command(name, "promote", event).await
+    }
+
+    /// Aborts the candidate: users stay on (or return to) the stable color.
+    pub async fn abort(&self, name: &str) -> Result<CommandResponse, DaemonError> {
+        let event = Event::AbortRequested {
+            reason: "aborted by teal abort".to_owned(),
+        };
+        self.command(name, "abort", event).await
+    }
+
+    /// Releases an aborted candidate again.
+    pub async fn retry(&self, name: &str) -> Result<CommandResponse, DaemonError> {
+        self.command(name, "retry", Event::RetryRequested).await
+    }
+
+    /// Releases an earlier revision's template again, as a new revision. Instant when
+    /// that template is still warm in the idle color.
+    pub async fn undo(&self, name: &str, request: UndoRequest) -> Result<CommandResponse, DaemonError> {
+        let notes = {
+            let _decision = self.decisions.lock().await;
+            let stored = self.stored(name)?;
+            let Some(stable) = stored.status.stable.clone() else {
+                return Err(DaemonError::Refused(format!("rollout {name}: nothing is live yet, so there is nothing to undo")));
+            };
+            let revisions = self.store.revisions(name)?;
+            let target = match request.to_revision {
+                Some(target) => target,
+                None => revisions
+                    .iter()
+                    .rev()
+                    .find(|r| r.revision < stable.revision && r.template_hash != stable.template_hash)
+                    .map(|r| r.revision)
+                    .ok_or_else(|| {
+                        DaemonError::Refused(format!(
+                            "rollout {name}: no revision before {} to undo to",
+                            stable.revision
+                        ))
+                    })?,
+            };
+            let template = self.store.template(name, target)?.ok_or_else(|| {
+                DaemonError::NotFound(format!("rollout {name} has no revision {target} (teal history {name} lists them)"))
+            })?;
+            if template.hash() == stable.template_hash {
+                return Err(DaemonError::Refused(format!(
+                    "rollout {name}: revision {target} runs the same template as revision {}, which users are on already",
+                    stable.revision
+                )));
+            }
+            let policy = Policy::from(&stored.spec);
+            let now = now_ms();
+            let revision = stored.status.revision + 1;
+            let transition = stored
+                .status
+                .on(
+                    Event::Applied {
+                        revision,
+                        template_hash: template.hash(),
+                    },
+                    &policy,
+                    now,
+                )
+                .map_err(|refusal| DaemonError::Refused(format!("rollout {name}: {refusal}")))?;
+            let mut spec = stored.spec.clone();
+            spec.template = template.clone();
+            let mut notes = vec![format!("undo to revision {target}, released as revision {revision}")];
+            notes.extend(transition.notes);
+            self.store.write(|writer| {
+                writer.put_revision(name, revision, &template, &format!("undo to revision {target}"), now)?;
+                writer.put_rollout(&spec, &transition.status, now)?;
+                writer.record(name, "undo", &notes, now)
+            })?;
+            notes
+        };
+        self.wake(name);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(CommandResponse {
+            notes,
+            rollout: self.get(name)?,
+        })
+    }
+
+    /// Stops a rollout's listeners and instances and forgets it (its history stays).
+    pub async fn delete(&self, name: &str) -> Result<Vec<String>, DaemonError> {
+        let _decision = self.decisions.lock().await;
+        self.stored(name)?;
+        let notes = vec![format!("rollout {name} deleted")];
+        let now = now_ms();
+        self.store.write(|writer| {
+            writer.delete_rollout(name)?;
+            writer.record(name, "delete", &notes, now)
+        })?;
+        let runtime = self.runtimes.lock().expect("runtimes lock").remove(name);
+        if let Some(runtime) = runtime {
+            let _ = runtime.stop.send(true);
+            *runtime.listeners.lock().expect("listeners lock") = Listeners::none();
+        }
+        for color in Color::ALL {
+            self.platform
+                .stop(&GroupKey {
+                    rollout: name.to_owned(),
+                    color,
+                })
+                .await;
+        }
+        self.changes.send_modify(|n| *n += 1);
+        Ok(notes)
+    }
+
+    /// Every rollout.
+    pub fn list(&self) -> Result<Vec<RolloutView>, DaemonError> {
+        let rollouts = self.store.rollouts()?;
+        Ok(rollouts
+            .iter()
+            .map(|(name, stored)| self.view(name, stored))
+            .collect())
+    }
+
+    /// One rollout.
+    pub fn get(&self, name: &str) -> Result<RolloutView, DaemonError> {
+        let stored = self.stored(name)?;
+        Ok(self.view(name, &stored))
+    }
+
+    /// Revisions and the audit trail.
+    pub fn history(&self, name: &str) -> Result<HistoryView, DaemonError> {
+        let revisions = self.store.revisions(name)?;
+        let events = self.store.events(name)?;
+        if revisions.is_empty() && events.is_empty() {
+            return Err(DaemonError::NotFound(format!("no rollout named {name:?}")));
+        }
+        Ok(HistoryView { revisions, events })
+    }
+
+    /// The platform, for logs.
+    pub fn platform(&self) -> &LocalPlatform {
+        &self.platform
+    }
+
+    /// Stops reconcilers and listeners, then every instance (daemon shutdown).
+    pub async fn shutdown(&self) {
+        let runtimes: Vec<_> = std::mem::take(&mut *self.runtimes.lock().expect("runtimes lock"))
+            .into_values()
+            .collect();
+        for runtime in runtimes {
+            let _ = runtime.stop.send(true);
+            *runtime.listeners.lock().expect("listeners lock") = Listeners::none();
+        }
+        self.platform.shutdown_all().await;
+    }
+
+    /// The bound addresses of every rollout: (name, active, preview).
+    pub fn bound_addresses(&self) -> Vec<(String, Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)> {
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .iter()
+            .map(|(name, runtime)| {
+                let listeners = runtime.listeners.lock().expect("listeners lock");
+                (name.clone(), listeners.active_bound(), listeners.preview_bound())
+            })
+            .collect()
+    }
+}
+
+/// Stores one applied rollout; a changed template makes a new revision.
+fn apply_rollout(writer: &crate::store::Writer<'_>, spec: &RolloutSpec, now: u64) -> anyhow::Result<ApplyResult> {
+    let existing = writer.rollout(&spec.name)?;
+    let status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_default();
+    let latest_hash = match &existing {
+        Some(existing) => writer.template(&spec.name, existing.status.revision)?.map(|t| t.hash()),
+        None => None,
+    };
+    let template_hash = spec.template.hash();
+    let policy = Policy::from(spec);
+    let (status, outcome, notes) = if latest_hash.as_deref() != Some(template_hash.as_str()) {
+        let revision = status.revision + 1;
+        writer.put_revision(&spec.name, revision, &spec.template, "apply", now)?;
+        let transition = status
+            .on(Event::Applied { revision, template_hash }, &policy, now)
+            .map_err(|refusal| anyhow::anyhow!("rollout {}: {refusal}", spec.name))?;
+        let outcome = if existing.is_none() { "created".to_owned() } else { format!("revision {revision}") };
+        (transition.status, outcome, transition.notes)
+    } else if existing.as_ref().is_some_and(|e| &e.spec != spec) {
+        (status, "configured".to_owned(), vec!["settings changed; same template, no new revision".to_owned()])
+    } else {
+        (status, "unchanged".to_owned(), Vec::new())
+    };
+    if outcome != "unchanged" {
+        writer.put_rollout(spec, &status, now)?;
+        writer.record(&spec.name, "apply", &notes, now)?;
+    }
+    Ok(ApplyResult {
+        kind: "Rollout".into(),
+        name: spec.name.clone(),
+        outcome,
+        revision: Some(status.revision),
+    })
+}
+

@@ -1,0 +1,191 @@
+//! One reconciler per rollout: observe, decide (in the core), act, and say when to look
+//! again. Every pass is idempotent; it never knows why it was woken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use teal_core::Color;
+use teal_core::rollout::{Event, Policy, Status};
+use teal_core::spec::RolloutSpec;
+use teal_core::world::{Deployment, Effect, World, converge};
+use teal_platform::{GroupKey, GroupSpec, GroupStatus};
+use teal_proxy::{Backend, RouteTable};
+use tokio::sync::watch;
+
+use super::{Daemon, Runtime, now_ms};
+
+/// Even with nothing to wake it, a reconciler looks again this often.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// Runs until the rollout is deleted or the daemon stops.
+pub(super) async fn run(daemon: Arc<Daemon>, name: String, runtime: Arc<Runtime>, mut stopped: watch::Receiver<bool>) {
+    let mut platform_changes = daemon.platform.changed();
+    loop {
+        let wait = match pass(&daemon, &name, &runtime).await {
+            Ok(Some(wake_at)) => Duration::from_millis(wake_at.saturating_sub(now_ms())).min(RESYNC),
+            Ok(None) => RESYNC,
+            Err(error) => {
+                tracing::error!("rollout {name}: reconcile failed: {error:#}");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = runtime.wake.notified() => {}
+            _ = platform_changes.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+    }
+}
+
+/// One pass; returns when time alone will change something.
+async fn pass(daemon: &Daemon, name: &str, runtime: &Runtime) -> anyhow::Result<Option<u64>> {
+    let Some((spec, status)) = decide(daemon, name).await? else {
+        return Ok(None);
+    };
+    let policy = Policy::from(&spec);
+    let desired = status.world(&policy);
+    let groups = daemon.platform.observe(name);
+    let routes = *runtime.routes.lock().expect("routes lock");
+    let observed = World {
+        blue: deployment_of(&groups, Color::Blue),
+        green: deployment_of(&groups, Color::Green),
+        active: routes.0,
+        preview: routes.1,
+    };
+    for effect in converge(&desired, &observed) {
+        act(daemon, name, runtime, &spec, effect).await?;
+    }
+    publish_routes(daemon, name, runtime, &spec);
+    Ok(status.next_wake(&policy))
+}
+
+/// Feeds what the platform sees and the time to the state machine; stores a changed
+/// status before acting on it.
+async fn decide(daemon: &Daemon, name: &str) -> anyhow::Result<Option<(RolloutSpec, Status)>> {
+    let _decision = daemon.decisions.lock().await;
+    let Some(stored) = daemon.store.rollout(name)? else {
+        return Ok(None);
+    };
+    let policy = Policy::from(&stored.spec);
+    let now = now_ms();
+    let mut status = stored.status.clone();
+    let mut notes = Vec::new();
+    let mut events: Vec<Event> = daemon
+        .platform
+        .observe(name)
+        .iter()
+        .map(|group| Event::Observed {
+            color: group.color,
+            template_hash: group.template_hash.clone(),
+            ready: group.instances.iter().filter(|i| i.ready).count() as u32,
+            problem: group.instances.iter().find_map(|i| i.problem.clone()),
+        })
+        .collect();
+    events.push(Event::TimePassed);
+    for event in events {
+        // Observations and time are never refused; a refusal here is a bug worth logging.
+        match status.on(event, &policy, now) {
+            Ok(transition) => {
+                status = transition.status;
+                notes.extend(transition.notes);
+            }
+            Err(refusal) => tracing::error!("rollout {name}: reconciler event refused: {refusal}"),
+        }
+    }
+    if status != stored.status {
+        daemon.store.write(|writer| {
+            writer.put_rollout(&stored.spec, &status, now)?;
+            writer.record(name, "reconciler", &notes, now)
+        })?;
+        for note in &notes {
+            tracing::info!("rollout {name}: {note}");
+        }
+        daemon.changes.send_modify(|n| *n += 1);
+    }
+    Ok(Some((stored.spec, status)))
+}
+
+fn deployment_of(groups: &[GroupStatus], color: Color) -> Option<Deployment> {
+    groups.iter().find(|g| g.color == color).map(|group| Deployment {
+        revision: group.revision,
+        template_hash: group.template_hash.clone(),
+        replicas: group.replicas,
+    })
+}
+
+async fn act(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &RolloutSpec, effect: Effect) -> anyhow::Result<()> {
+    let key = |color| GroupKey {
+        rollout: name.to_owned(),
+        color,
+    };
+    match effect {
+        Effect::Start { color, deployment } => {
+            let template = daemon
+                .store
+                .template(name, deployment.revision)?
+                .ok_or_else(|| anyhow::anyhow!("revision {} has no stored template", deployment.revision))?;
+            tracing::info!("rollout {name}: starting revision {} in {color} ({} instances)", deployment.revision, deployment.replicas);
+            daemon
+                .platform
+                .start(
+                    key(color),
+                    GroupSpec {
+                        revision: deployment.revision,
+                        template_hash: deployment.template_hash,
+                        template,
+                        replicas: deployment.replicas,
+                    },
+                )
+                .await?;
+        }
+        Effect::Scale { color, replicas } => daemon.platform.scale(&key(color), replicas).await,
+        Effect::Relabel { color, revision } => daemon.platform.relabel(&key(color), revision),
+        Effect::Route { active, preview } => {
+            *runtime.routes.lock().expect("routes lock") = (active, preview);
+            // Publish at once: the stop that may follow drains a color only after no new
+            // request can reach it.
+            publish_routes(daemon, name, runtime, spec);
+        }
+        Effect::Stop { color } => {
+            let drained = runtime.proxy.drain(color, spec.strategy.drain_timeout).await;
+            if !drained {
+                tracing::warn!(
+                    "rollout {name}: {color} still had requests in flight after {}s; stopping it anyway",
+                    spec.strategy.drain_timeout.as_secs()
+                );
+            }
+            tracing::info!("rollout {name}: stopping {color}");
+            daemon.platform.stop(&key(color)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Swaps the proxy's route table when the routes or the set of ready instances changed.
+fn publish_routes(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &RolloutSpec) {
+    let (active, preview) = *runtime.routes.lock().expect("routes lock");
+    let groups = daemon.platform.observe(name);
+    let backend = |color: Option<Color>| {
+        let color = color?;
+        let group = groups.iter().find(|g| g.color == color);
+        Some(Backend {
+            color,
+            revision: group.map_or(0, |g| g.revision),
+            instances: group
+                .map(|g| g.instances.iter().filter(|i| i.ready).map(|i| i.addr).collect())
+                .unwrap_or_default(),
+        })
+    };
+    let table = RouteTable {
+        active: backend(active),
+        preview: backend(preview),
+        preview_match: spec.strategy.preview_match.clone(),
+    };
+    if *runtime.proxy.routes() != table {
+        runtime.proxy.set_routes(table);
+    }
+}

@@ -1,0 +1,102 @@
+//! Rollouts as people see them: the stored status joined with what runs.
+
+use teal_core::Color;
+use teal_core::api::{ColorView, InstanceView, RolloutView};
+use teal_core::rollout::{Policy, Stage};
+
+use super::Daemon;
+use crate::store::StoredRollout;
+
+impl Daemon {
+    pub(super) fn view(&self, name: &str, stored: &StoredRollout) -> RolloutView {
+        let spec = &stored.spec;
+        let status = &stored.status;
+        let policy = Policy::from(spec);
+        let (phase, reason) = status.phase();
+        let world = status.world(&policy);
+        let groups = self.platform.observe(name);
+        let runtime = self.runtime(name);
+        let (active_bound, preview_bound) = runtime
+            .as_ref()
+            .map(|r| {
+                let listeners = r.listeners.lock().expect("listeners lock");
+                (listeners.active_bound(), listeners.preview_bound())
+            })
+            .unwrap_or_default();
+
+        let role = |color: Color| -> &'static str {
+            if status.stable.as_ref().is_some_and(|s| s.color == color) {
+                "active"
+            } else if let Some(candidate) = status.candidate.as_ref().filter(|c| c.slot.color == color) {
+                if matches!(candidate.stage, Stage::Aborted { .. }) { "aborted" } else { "preview" }
+            } else if status.retiring.as_ref().is_some_and(|r| r.slot.color == color) {
+                "warm"
+            } else {
+                "stopping"
+            }
+        };
+        let colors = Color::ALL
+            .into_iter()
+            .filter_map(|color| {
+                let deployment = world.deployment(color)?;
+                let group = groups.iter().find(|g| g.color == color && g.template_hash == deployment.template_hash);
+                let instances: Vec<InstanceView> = group
+                    .map(|g| {
+                        g.instances
+                            .iter()
+                            .map(|i| InstanceView {
+                                id: i.id.clone(),
+                                addr: i.addr.to_string(),
+                                pid: i.pid,
+                                ready: i.ready,
+                                restarts: i.restarts,
+                                problem: i.problem.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(ColorView {
+                    color,
+                    revision: deployment.revision,
+                    role: role(color).to_owned(),
+                    replicas: deployment.replicas,
+                    ready: instances.iter().filter(|i| i.ready).count() as u32,
+                    instances,
+                })
+            })
+            .collect();
+
+        let preview_match = {
+            let matcher = &spec.strategy.preview_match;
+            let mut lines = Vec::new();
+            if let Some(cookie) = &matcher.cookie {
+                lines.push(format!("cookie {}={}", cookie.name, cookie.value));
+            }
+            if let Some(header) = &matcher.header {
+                lines.push(format!("header {}: {}", header.name, header.value));
+            }
+            lines
+        };
+
+        RolloutView {
+            name: name.to_owned(),
+            phase,
+            reason: reason.map(str::to_owned),
+            message: status.message(&policy),
+            revision: status.revision,
+            active_color: status.stable.as_ref().map(|s| s.color),
+            active_revision: status.stable.as_ref().map(|s| s.revision),
+            preview_revision: status
+                .candidate
+                .as_ref()
+                .filter(|c| !matches!(c.stage, Stage::Aborted { .. }))
+                .map(|c| c.slot.revision),
+            active_listen: active_bound.unwrap_or(spec.strategy.active_listen).to_string(),
+            preview_listen: preview_bound.or(spec.strategy.preview_listen).map(|a| a.to_string()),
+            preview_match,
+            colors,
+            updated_at_ms: stored.updated_at,
+            status: status.clone(),
+        }
+    }
+}

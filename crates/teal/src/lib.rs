@@ -1,0 +1,10 @@
+//! teal: the daemon, the CLI and the demo.
+
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod demo_app;
+pub mod render;
+pub mod server;
+pub mod store;

@@ -1,0 +1,329 @@
+//! `teal server`: the daemon's HTTP API on loopback, the store and the reconcilers.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use teal_core::Color;
+use teal_core::api::{ApplyRequest, ErrorBody, PromoteRequest, UndoRequest};
+use teal_platform::LocalPlatform;
+use tokio::net::TcpListener;
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::store::Store;
+
+/// The file in the data dir that holds the API token.
+pub const TOKEN_FILE: &str = "token";
+/// The file in the data dir that holds the API's bound address, for the CLI.
+pub const ADDRESS_FILE: &str = "api.addr";
+/// Where the API listens unless told otherwise: loopback only.
+pub const DEFAULT_API: &str = "127.0.0.1:7070";
+
+/// How `teal server` was started.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Where the store, the token, logs and instance records live.
+    pub data_dir: PathBuf,
+    /// Where the API listens.
+    pub api: SocketAddr,
+}
+
+#[derive(Clone)]
+struct AppState {
+    daemon: Arc<Daemon>,
+    token: Arc<str>,
+}
+
+/// Runs the daemon until `shutdown` resolves, then stops every instance.
+pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let data_dir = &options.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let token = load_or_create_token(data_dir)?;
+    let store = Store::open(data_dir)?;
+    let platform = LocalPlatform::open(data_dir.join("run"))
+        .with_context(|| format!("cannot open the instance directory {}", data_dir.join("run").display()))?;
+    let daemon = Daemon::start(store, platform).await?;
+
+    let listener = TcpListener::bind(options.api)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", options.api))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!("the API listens on {bound}, which is not loopback; keep the token secret");
+    }
+    std::fs::write(data_dir.join(ADDRESS_FILE), bound.to_string())
+        .with_context(|| format!("cannot write {}", data_dir.join(ADDRESS_FILE).display()))?;
+    println!("teal: API on http://{bound} (data in {})", data_dir.display());
+    for (name, active, preview) in daemon.bound_addresses() {
+        println!("{}", listening_line(&name, active, preview));
+    }
+    let _ = std::io::stdout().flush();
+
+    let app = router(AppState {
+        daemon: daemon.clone(),
+        token: token.into(),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the API server failed")?;
+    println!("teal: stopping every instance");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// `rollout shop: active http://..., preview http://...`
+pub fn listening_line(name: &str, active: Option<SocketAddr>, preview: Option<SocketAddr>) -> String {
+    let mut line = format!("rollout {name}:");
+    if let Some(active) = active {
+        line.push_str(&format!(" active on http://{active}"));
+    }
+    if let Some(preview) = preview {
+        line.push_str(&format!(", preview on http://{preview}"));
+    }
+    line
+}
+
+fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let mut random = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut random))
+        .context("cannot read /dev/urandom to make an API token")?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the API token to {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/rollouts", get(list))
+        .route("/api/v1/rollouts/{name}", get(get_one).delete(delete_one))
+        .route("/api/v1/rollouts/{name}/history", get(history))
+        .route("/api/v1/rollouts/{name}/logs", get(logs))
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/rollouts/{name}/promote", post(promote))
+        .route("/api/v1/rollouts/{name}/abort", post(abort))
+        .route("/api/v1/rollouts/{name}/retry", post(retry))
+        .route("/api/v1/rollouts/{name}/undo", post(undo))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such API endpoint".to_owned(), Vec::new())
+}
+
+/// Mutating calls need the token; reads on loopback do not.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(presented.as_bytes(), state.token.as_bytes()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this call needs the API token (the CLI reads it from the daemon's data directory; pass --data-dir or --token)"
+                .to_owned(),
+            Vec::new(),
+        );
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: String, details: Vec<String>) -> Response {
+    (status, Json(ErrorBody { error: message, details })).into_response()
+}
+
+impl IntoResponse for DaemonError {
+    fn into_response(self) -> Response {
+        match self {
+            DaemonError::NotFound(message) => error(StatusCode::NOT_FOUND, message, Vec::new()),
+            DaemonError::Invalid { message, details } => error(StatusCode::BAD_REQUEST, message, details),
+            DaemonError::Refused(message) => error(StatusCode::CONFLICT, message, Vec::new()),
+            DaemonError::Internal(cause) => {
+                tracing::error!("internal error: {cause:#}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {cause:#}"), Vec::new())
+            }
+        }
+    }
+}
+
+type Reply<T> = Result<Json<T>, DaemonError>;
+
+async fn list(State(state): State<AppState>) -> Reply<Vec<teal_core::api::RolloutView>> {
+    state.daemon.list().map(Json)
+}
+
+async fn get_one(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::RolloutView> {
+    state.daemon.get(&name).map(Json)
+}
+
+async fn history(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::HistoryView> {
+    state.daemon.history(&name).map(Json)
+}
+
+async fn apply(State(state): State<AppState>, Json(request): Json<ApplyRequest>) -> Reply<teal_core::api::ApplyResponse> {
+    state.daemon.apply(request).await.map(Json)
+}
+
+async fn promote(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<teal_core::api::CommandResponse> {
+    let request = optional_body::<PromoteRequest>(&body)?;
+    state.daemon.promote(&name, request).await.map(Json)
+}
+
+/// A JSON body that may be absent (or `null`), meaning "all defaults".
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DaemonError> {
+    if body.iter().all(u8::is_ascii_whitespace) || body == b"null" {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|error| DaemonError::Invalid {
+        message: format!("the request body is not what this call takes: {error}"),
+        details: Vec::new(),
+    })
+}
+
+async fn abort(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::CommandResponse> {
+    state.daemon.abort(&name).await.map(Json)
+}
+
+async fn retry(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::CommandResponse> {
+    state.daemon.retry(&name).await.map(Json)
+}
+
+async fn undo(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Reply<teal_core::api::CommandResponse> {
+    let request = optional_body::<UndoRequest>(&body)?;
+    state.daemon.undo(&name, request).await.map(Json)
+}
+
+async fn delete_one(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<Vec<String>> {
+    state.daemon.delete(&name).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    color: Option<Color>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// How much of each log file is shown before following.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+
+/// Instance logs, each line prefixed with its instance; `follow` keeps streaming.
+async fn logs(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<LogQuery>,
+    _headers: HeaderMap,
+) -> Result<Response, DaemonError> {
+    state.daemon.get(&name)?;
+    let daemon = state.daemon.clone();
+    let mut offsets: std::collections::BTreeMap<PathBuf, u64> = Default::default();
+    let first = read_new_lines(&daemon, &name, query.color, &mut offsets, true);
+    if !query.follow {
+        return Ok(first.into_response());
+    }
+    let stream = futures_util::stream::unfold(
+        (daemon, name, query.color, offsets, Some(first)),
+        |(daemon, name, color, mut offsets, first)| async move {
+            let chunk = match first {
+                Some(first) => first,
+                None => loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let chunk = read_new_lines(&daemon, &name, color, &mut offsets, false);
+                    if !chunk.is_empty() {
+                        break chunk;
+                    }
+                },
+            };
+            Some((Ok::<_, Infallible>(Bytes::from(chunk)), (daemon, name, color, offsets, None)))
+        },
+    );
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .map_err(|e| DaemonError::Internal(e.into()))?)
+}
+
+/// Reads what was added to each log since the last call, prefixed per line.
+fn read_new_lines(
+    daemon: &Daemon,
+    name: &str,
+    color: Option<Color>,
+    offsets: &mut std::collections::BTreeMap<PathBuf, u64>,
+    first: bool,
+) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = String::new();
+    for log in daemon.platform().log_files(name, color) {
+        let Ok(mut file) = std::fs::File::open(&log.path) else { continue };
+        let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = match offsets.get(&log.path) {
+            // A log that shrank was rotated: read it from its start.
+            Some(&offset) if offset <= length => offset,
+            Some(_) => 0,
+            None if first => length.saturating_sub(LOG_TAIL_BYTES),
+            None => 0,
+        };
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(start)).is_ok() {
+            let _ = file.take(length - start).read_to_string(&mut text);
+        }
+        // Keep a partial last line for the next read.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        offsets.insert(log.path.clone(), start + complete as u64);
+        for line in text[..complete].lines() {
+            out.push_str(&format!("[{}] {line}\n", log.instance));
+        }
+    }
+    out
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `teal` binary as a daemon on port 0, real demo-app
+//! processes, real sockets, a real SQLite file.
+
+mod support;
+
+mod cycle;
+mod recovery;
+mod specs;
+mod zero_downtime;
