@@ -46,7 +46,8 @@ impl LocalPlatform {
     /// Opens the platform on `run_dir` (created if needed), adopting the instances its
     /// records describe whose processes still run and forgetting the others. Groups
     /// that lost instances while no daemon watched them get replacements. Must be
-    /// called inside a tokio runtime.
+    /// called inside a tokio runtime, and only one platform may use a `run_dir` at a
+    /// time (the daemon's own lock guarantees that).
     pub fn open(run_dir: PathBuf) -> Result<Arc<LocalPlatform>, PlatformError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(PlatformError::NoRuntime);
@@ -240,7 +241,13 @@ impl LocalPlatform {
     }
 
     /// Starts or stops instances until `group` has `wanted`.
-    fn resize(&self, key: &GroupKey, group: &mut Group, wanted: u32, stopping: &mut Vec<JoinHandle<()>>) {
+    fn resize(
+        &self,
+        key: &GroupKey,
+        group: &mut Group,
+        wanted: u32,
+        stopping: &mut Vec<JoinHandle<()>>,
+    ) {
         let wanted = usize::try_from(wanted).unwrap_or(usize::MAX);
         if group.members.len() > wanted {
             let extra = group.members.split_off(wanted);
@@ -257,7 +264,14 @@ impl LocalPlatform {
                     0
                 }
             };
-            let instance = Instance::new(&self.shared, key.clone(), group.spec.clone(), id, ordinal, port);
+            let instance = Instance::new(
+                &self.shared,
+                key.clone(),
+                group.spec.clone(),
+                id,
+                ordinal,
+                port,
+            );
             let task = tokio::spawn(supervise(self.shared.clone(), instance.clone(), None));
             group.members.push(Member { instance, task });
         }
@@ -285,19 +299,22 @@ impl LocalPlatform {
                     continue;
                 }
             };
-            if !procfs::is_running(record.pid, record.start_time) || !self.shared.claim_id(&record.id) {
+            if !procfs::is_running(record.pid, record.start_time) {
                 tracing::info!(instance = %record.id, pid = record.pid, "its process is gone; forgetting it");
                 record::remove_path(&path);
                 continue;
             }
+            self.shared.claim_id(&record.id);
             self.shared.claim_port(record.port);
             if record.stopping {
                 // It was being stopped when the daemon died: finish that.
                 let instance = Instance::adopted(&self.shared, &record);
                 let adopt = Some((record.pid, record.start_time));
-                state
-                    .stopping
-                    .push(tokio::spawn(supervise(self.shared.clone(), instance, adopt)));
+                state.stopping.push(tokio::spawn(supervise(
+                    self.shared.clone(),
+                    instance,
+                    adopt,
+                )));
                 continue;
             }
             by_group.entry(record.key.clone()).or_default().push(record);
@@ -307,7 +324,10 @@ impl LocalPlatform {
             // Normally all records of a group agree; if not (a crash in the middle of
             // a replacement), the highest revision wins and the rest are stopped.
             records.sort_by_key(|r| (r.spec.revision, r.started_at_ms));
-            let spec = records.last().map(|r| r.spec.clone()).expect("a group has records");
+            let spec = records
+                .last()
+                .map(|r| r.spec.clone())
+                .expect("a group has records");
             records.sort_by_key(|r| r.ordinal);
             let mut group = Group {
                 spec: spec.clone(),
@@ -319,7 +339,9 @@ impl LocalPlatform {
                 let adopt = Some((record.pid, record.start_time));
                 let task = tokio::spawn(supervise(self.shared.clone(), instance.clone(), adopt));
                 let member = Member { instance, task };
-                if record.spec.revision == spec.revision && record.spec.template_hash == spec.template_hash {
+                if record.spec.revision == spec.revision
+                    && record.spec.template_hash == spec.template_hash
+                {
                     tracing::info!(instance = %record.id, pid = record.pid, "adopted");
                     group.members.push(member);
                 } else {
@@ -339,9 +361,115 @@ async fn rotate_logs(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(ROTATE_CHECK_INTERVAL);
     loop {
         ticks.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let run_dir = shared.run_dir.clone();
         drop(shared);
         let _ = tokio::task::spawn_blocking(move || logs::rotate_all(&run_dir, LOG_SIZE_CAP)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    use teal_core::spec::{Process, Template};
+
+    use super::*;
+
+    fn record(id: &str, pid: u32, start_time: u64, stopping: bool) -> Record {
+        let template = Template {
+            process: Process {
+                command: vec!["sleep".into(), "100".into()],
+                args: Vec::new(),
+                env: Vec::new(),
+                working_dir: None,
+            },
+            readiness_probe: None,
+            liveness_probe: None,
+            termination_grace_period: Duration::from_secs(1),
+        };
+        Record {
+            id: id.into(),
+            ordinal: 1,
+            key: GroupKey {
+                rollout: "old".into(),
+                color: Color::Blue,
+            },
+            spec: GroupSpec {
+                revision: 1,
+                template_hash: template.hash(),
+                template,
+                replicas: 1,
+            },
+            pid,
+            start_time,
+            port: 1,
+            started_at_ms: 0,
+            restarts: 0,
+            stopping,
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_records_are_forgotten() {
+        let run = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(record::dir(run.path())).unwrap();
+        // A process that has exited and been reaped.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        record::write(run.path(), &record("old-blue-r1-1", gone_pid, 1, false)).unwrap();
+        // A live pid whose start time is not the recorded one: a reused pid.
+        let me = std::process::id();
+        let my_start = procfs::stat(me).unwrap().start_time;
+        record::write(
+            run.path(),
+            &record("old-blue-r1-2", me, my_start + 1, false),
+        )
+        .unwrap();
+        std::fs::write(record::dir(run.path()).join("garbage.json"), "{").unwrap();
+
+        let platform = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+        assert!(platform.observe("old").is_empty());
+        assert_eq!(
+            std::fs::read_dir(record::dir(run.path())).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_interrupted_by_a_crash_is_finished() {
+        let run = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(record::dir(run.path())).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start_time = procfs::stat(pid).unwrap().start_time;
+        record::write(run.path(), &record("old-blue-r1-1", pid, start_time, true)).unwrap();
+
+        let platform = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+        assert!(
+            platform.observe("old").is_empty(),
+            "a stopping instance is not adopted"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the interrupted stop was not finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        platform.shutdown_all().await;
+        assert_eq!(
+            std::fs::read_dir(record::dir(run.path())).unwrap().count(),
+            0
+        );
     }
 }

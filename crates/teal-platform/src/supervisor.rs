@@ -84,9 +84,9 @@ impl Shared {
         }
     }
 
-    /// Claims an id given by a record; false when it is already in use.
-    pub fn claim_id(&self, id: &str) -> bool {
-        lock(&self.ids).insert(id.to_owned())
+    /// Claims the id of an adopted instance (record file names keep those unique).
+    pub fn claim_id(&self, id: &str) {
+        lock(&self.ids).insert(id.to_owned());
     }
 
     /// A free port none of our instances holds, claimed.
@@ -119,7 +119,9 @@ impl Shared {
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data
 /// consistent, so a panic elsewhere does not make it unusable.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One instance, as the platform and its task see it.
@@ -155,7 +157,14 @@ struct State {
 
 impl Instance {
     /// A new instance that has not started yet (its task will start it).
-    pub fn new(shared: &Shared, key: GroupKey, spec: GroupSpec, id: String, ordinal: u32, port: u16) -> Arc<Self> {
+    pub fn new(
+        shared: &Shared,
+        key: GroupKey,
+        spec: GroupSpec,
+        id: String,
+        ordinal: u32,
+        port: u16,
+    ) -> Arc<Self> {
         Arc::new(Instance {
             log_path: logs::path(&shared.run_dir, &key.rollout, &id),
             id,
@@ -355,7 +364,9 @@ impl Running {
 
     /// Sends `signal` to the process's whole group (it leads its own group).
     fn signal_group(&self, signal: Signal) {
-        let Ok(pgid) = i32::try_from(self.pid()) else { return };
+        let Ok(pgid) = i32::try_from(self.pid()) else {
+            return;
+        };
         match killpg(Pid::from_raw(pgid), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(error) => tracing::warn!(pgid, %error, ?signal, "cannot signal process group"),
@@ -373,7 +384,11 @@ enum Outcome {
 /// The instance's task: runs (or adopts, with `adopt = (pid, start time)`) its
 /// process, probes it, restarts it when it dies, and stops it when asked. Ends once
 /// the instance is stopped, after removing its record.
-pub(crate) async fn supervise(shared: Arc<Shared>, instance: Arc<Instance>, adopt: Option<(u32, u64)>) {
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    instance: Arc<Instance>,
+    adopt: Option<(u32, u64)>,
+) {
     let mut stop = instance.stop.subscribe();
     let mut current = adopt.map(|(pid, start_time)| Running::Adopted { pid, start_time });
     let mut crashes_in_a_row: u32 = 0;
@@ -456,7 +471,11 @@ async fn terminate(instance: &Instance, mut running: Running) {
         tracing::info!(instance = %instance.id, ?grace, "still running after SIGTERM; sending SIGKILL");
     }
     running.signal_group(Signal::SIGKILL);
-    if !exited && tokio::time::timeout(KILL_WAIT, running.wait()).await.is_err() {
+    if !exited
+        && tokio::time::timeout(KILL_WAIT, running.wait())
+            .await
+            .is_err()
+    {
         tracing::warn!(instance = %instance.id, pid = running.pid(), "did not exit after SIGKILL");
     }
 }
@@ -547,10 +566,22 @@ fn spawn(shared: &Shared, instance: &Instance) -> Result<Running, String> {
 
 /// Checks readiness forever, keeping `ready` and `problem` current. Without a
 /// readinessProbe, the port accepting a TCP connection is enough.
-async fn readiness(shared: &Shared, instance: &Instance, template: &Template, port: u16, adopted: bool) -> Infallible {
+async fn readiness(
+    shared: &Shared,
+    instance: &Instance,
+    template: &Template,
+    port: u16,
+    adopted: bool,
+) -> Infallible {
     let (probe, label) = match &template.readiness_probe {
-        Some(probe) => (probe.clone(), probe::label("readiness", &probe.action, port)),
-        None => (probe::default_readiness(), format!("TCP check of port {port}")),
+        Some(probe) => (
+            probe.clone(),
+            probe::label("readiness", &probe.action, port),
+        ),
+        None => (
+            probe::default_readiness(),
+            format!("TCP check of port {port}"),
+        ),
     };
     let mut ticks = start_probing(&probe, adopted).await;
     let (mut passes, mut failures) = (0u32, 0u32);
@@ -659,8 +690,14 @@ mod tests {
 
     #[test]
     fn describes_exits() {
-        assert_eq!(describe_exit(Some(ExitStatus::from_raw(3 << 8))), "exited with status 3");
-        assert_eq!(describe_exit(Some(ExitStatus::from_raw(9))), "was killed by signal SIGKILL");
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(3 << 8))),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(9))),
+            "was killed by signal SIGKILL"
+        );
         assert_eq!(describe_exit(None), "exited");
     }
 }

@@ -119,7 +119,10 @@ fn group_alive(pgid: u32) -> bool {
 }
 
 async fn wait_group_gone(pgid: u32) {
-    wait_for(&format!("process group {pgid} to exit"), || (!group_alive(pgid)).then_some(())).await;
+    wait_for(&format!("process group {pgid} to exit"), || {
+        (!group_alive(pgid)).then_some(())
+    })
+    .await;
 }
 
 /// Answers the HTTP status line and body of `GET path`.
@@ -158,10 +161,16 @@ async fn a_group_of_two_becomes_ready_on_distinct_ports_and_serves() {
     let mut template = python_server(site.path());
     template.readiness_probe = Some(http_probe("/hello.txt"));
     let blue = key("shop", Color::Blue);
-    platform.start(blue.clone(), spec(template.clone(), 1, 2)).await.unwrap();
+    platform
+        .start(blue.clone(), spec(template.clone(), 1, 2))
+        .await
+        .unwrap();
 
     let ready = wait_ready(&platform, &blue, 2).await;
-    assert!(changed.has_changed().unwrap(), "readiness changes wake the reconciler");
+    assert!(
+        changed.has_changed().unwrap(),
+        "readiness changes wake the reconciler"
+    );
     let ids: Vec<&str> = ready.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["shop-blue-r1-1", "shop-blue-r1-2"]);
     assert_ne!(ready[0].addr, ready[1].addr);
@@ -182,9 +191,17 @@ async fn a_group_of_two_becomes_ready_on_distinct_ports_and_serves() {
 
     platform.shutdown_all().await;
     for instance in &ready {
-        assert!(!group_alive(instance.pid.unwrap()), "shutdown_all waits for the processes");
+        assert!(
+            !group_alive(instance.pid.unwrap()),
+            "shutdown_all waits for the processes"
+        );
     }
-    assert_eq!(std::fs::read_dir(run.path().join("instances")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(run.path().join("instances"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(matches!(
         platform.start(blue, spec(template, 2, 1)).await,
         Err(PlatformError::ShuttingDown)
@@ -200,7 +217,10 @@ async fn a_failing_readiness_probe_keeps_the_instance_unready_and_says_why() {
     let mut template = python_server(site.path());
     template.readiness_probe = Some(http_probe("/missing"));
     let green = key("shop", Color::Green);
-    platform.start(green.clone(), spec(template, 3, 1)).await.unwrap();
+    platform
+        .start(green.clone(), spec(template, 3, 1))
+        .await
+        .unwrap();
 
     let problem = wait_for("the 404 to be reported", || {
         let problem = instances(&platform, &green).first()?.problem.clone()?;
@@ -226,7 +246,10 @@ async fn a_crashing_command_restarts_with_growing_backoff() {
     let _guard = KillOnDrop(platform.clone(), "crash");
     let blue = key("crash", Color::Blue);
     platform
-        .start(blue.clone(), spec(sh("echo starting; exit 3", Duration::from_secs(1)), 1, 1))
+        .start(
+            blue.clone(),
+            spec(sh("echo starting; exit 3", Duration::from_secs(1)), 1, 1),
+        )
         .await
         .unwrap();
 
@@ -235,7 +258,11 @@ async fn a_crashing_command_restarts_with_growing_backoff() {
     wait_for("three restarts", || {
         let now = instances(&platform, &blue).pop()?;
         if now.restarts > seen.last().map_or(0, |s| s.0) {
-            seen.push((now.restarts, Instant::now(), now.problem.clone().unwrap_or_default()));
+            seen.push((
+                now.restarts,
+                Instant::now(),
+                now.problem.clone().unwrap_or_default(),
+            ));
         }
         (now.restarts >= 3).then_some(())
     })
@@ -258,7 +285,10 @@ async fn a_crashing_command_restarts_with_growing_backoff() {
     let logs = platform.log_files("crash", None);
     let log = std::fs::read_to_string(&logs[0].path).unwrap();
     assert!(log.matches("starting\n").count() >= 3, "{log}");
-    assert!(log.contains("[teal] exited with status 3; restarting in 2s"), "{log}");
+    assert!(
+        log.contains("[teal] exited with status 3; restarting in 2s"),
+        "{log}"
+    );
     platform.shutdown_all().await;
 }
 
@@ -269,8 +299,14 @@ async fn a_command_that_cannot_start_says_so() {
     let mut template = sh("", Duration::from_secs(1));
     template.process.command = vec!["./nope".into()];
     let blue = key("nope", Color::Blue);
-    platform.start(blue.clone(), spec(template, 1, 1)).await.unwrap();
-    let problem = wait_for("the start failure", || instances(&platform, &blue).pop()?.problem).await;
+    platform
+        .start(blue.clone(), spec(template, 1, 1))
+        .await
+        .unwrap();
+    let problem = wait_for("the start failure", || {
+        instances(&platform, &blue).pop()?.problem
+    })
+    .await;
     assert_eq!(
         problem,
         "cannot start \"./nope\": No such file or directory; retrying in 1s"
@@ -287,28 +323,58 @@ async fn stop_terms_the_process_group_and_kills_it_after_the_grace_period() {
     // Exits on SIGTERM: gone long before its 10 s grace period.
     let polite = key("stop", Color::Blue);
     let script = "trap 'exit 0' TERM; echo trapped; while :; do sleep 0.1; done";
-    platform.start(polite.clone(), spec(sh(script, Duration::from_secs(10)), 1, 1)).await.unwrap();
+    platform
+        .start(
+            polite.clone(),
+            spec(sh(script, Duration::from_secs(10)), 1, 1),
+        )
+        .await
+        .unwrap();
     let pid = wait_trapped(&platform, &polite).await;
     let stopped_at = Instant::now();
     platform.stop(&polite).await;
-    assert!(instances(&platform, &polite).is_empty(), "the group leaves observe at once");
+    assert!(
+        instances(&platform, &polite).is_empty(),
+        "the group leaves observe at once"
+    );
     wait_group_gone(pid).await;
-    assert!(stopped_at.elapsed() < Duration::from_secs(3), "{:?}", stopped_at.elapsed());
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopped_at.elapsed()
+    );
 
     // Ignores SIGTERM (and so does the sleep it leaves behind): SIGKILLed after 1 s.
     let stubborn = key("stop", Color::Green);
     let script = "trap '' TERM; echo trapped; sleep 100; sleep 100";
-    platform.start(stubborn.clone(), spec(sh(script, Duration::from_secs(1)), 1, 1)).await.unwrap();
+    platform
+        .start(
+            stubborn.clone(),
+            spec(sh(script, Duration::from_secs(1)), 1, 1),
+        )
+        .await
+        .unwrap();
     let pid = wait_trapped(&platform, &stubborn).await;
     let stopped_at = Instant::now();
     platform.stop(&stubborn).await;
     assert!(platform.observe("stop").is_empty());
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(group_alive(pid), "SIGTERM is ignored, so it runs until the grace period ends");
+    assert!(
+        group_alive(pid),
+        "SIGTERM is ignored, so it runs until the grace period ends"
+    );
     wait_group_gone(pid).await;
     let took = stopped_at.elapsed();
-    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(4), "{took:?}");
-    assert_eq!(std::fs::read_dir(run.path().join("instances")).unwrap().count(), 0);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(run.path().join("instances"))
+            .unwrap()
+            .count(),
+        0
+    );
     platform.shutdown_all().await;
 }
 
@@ -330,7 +396,10 @@ async fn shutdown_all_waits_for_the_grace_period() {
     let _guard = KillOnDrop(platform.clone(), "down");
     let blue = key("down", Color::Blue);
     let script = "trap '' TERM; echo trapped; sleep 100";
-    platform.start(blue.clone(), spec(sh(script, Duration::from_secs(1)), 1, 1)).await.unwrap();
+    platform
+        .start(blue.clone(), spec(sh(script, Duration::from_secs(1)), 1, 1))
+        .await
+        .unwrap();
     let pid = wait_trapped(&platform, &blue).await;
     let began = Instant::now();
     platform.shutdown_all().await;
@@ -353,7 +422,10 @@ async fn output_lands_in_the_log_file_with_the_instance_environment() {
         value: "world".into(),
     }];
     let green = key("logs", Color::Green);
-    platform.start(green.clone(), spec(template, 4, 1)).await.unwrap();
+    platform
+        .start(green.clone(), spec(template, 4, 1))
+        .await
+        .unwrap();
     let port = wait_for("a pid", || {
         let instance = instances(&platform, &green).pop()?;
         instance.pid.map(|_| instance.addr.port())
@@ -364,9 +436,13 @@ async fn output_lands_in_the_log_file_with_the_instance_environment() {
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].instance, "logs-green-r4-1");
     assert_eq!((files[0].color, files[0].revision), (Color::Green, 4));
-    assert_eq!(files[0].path, run.path().join("logs/logs/logs-green-r4-1.log"));
+    assert_eq!(
+        files[0].path,
+        run.path().join("logs/logs/logs-green-r4-1.log")
+    );
     assert!(platform.log_files("logs", Some(Color::Blue)).is_empty());
-    let expected = format!("hello world port={port} arg={port} color=green revision=4 rollout=logs");
+    let expected =
+        format!("hello world port={port} arg={port} color=green revision=4 rollout=logs");
     let log = wait_for("the output in the log", || {
         let log = std::fs::read_to_string(&files[0].path).ok()?;
         (log.contains(&expected) && log.contains("oops")).then_some(log)
@@ -379,7 +455,10 @@ async fn output_lands_in_the_log_file_with_the_instance_environment() {
     platform.relabel(&green, 9);
     assert_eq!(platform.observe("logs")[0].revision, 9);
     assert_eq!(instances(&platform, &green)[0].pid, pid);
-    assert_eq!(platform.log_files("logs", Some(Color::Green))[0].revision, 9);
+    assert_eq!(
+        platform.log_files("logs", Some(Color::Green))[0].revision,
+        9
+    );
     platform.shutdown_all().await;
 }
 
@@ -391,19 +470,26 @@ async fn a_failing_liveness_probe_restarts_the_instance() {
     let _guard = KillOnDrop(platform.clone(), "live");
     let mut template = python_server(site.path());
     template.readiness_probe = Some(http_probe("/"));
-    template.liveness_probe = Some(http_probe("/healthz"));
+    // Give python time to listen, so the failure is the 404 and not a refused connection.
+    let mut liveness = http_probe("/healthz");
+    liveness.initial_delay = Duration::from_secs(1);
+    template.liveness_probe = Some(liveness);
     let blue = key("live", Color::Blue);
-    platform.start(blue.clone(), spec(template, 1, 1)).await.unwrap();
+    platform
+        .start(blue.clone(), spec(template, 1, 1))
+        .await
+        .unwrap();
 
     let first = wait_for("a first process", || instances(&platform, &blue).pop()?.pid).await;
     let problem = wait_for("a liveness restart", || {
         let instance = instances(&platform, &blue).pop()?;
-        (instance.restarts >= 1).then_some(instance.problem?)
+        let problem = instance.problem?;
+        (instance.restarts >= 1 && problem.contains("404")).then_some(problem)
     })
     .await;
-    assert_eq!(
-        problem,
-        "liveness probe GET /healthz answered 404 (2 times in a row); restarting in 1s"
+    assert!(
+        problem.starts_with("liveness probe GET /healthz answered 404 (2 times in a row)"),
+        "{problem}"
     );
     wait_group_gone(first).await;
     let second = wait_for("a new process", || {
@@ -423,7 +509,10 @@ async fn scale_down_removes_the_newest_and_start_replaces() {
     let _guard = KillOnDrop(platform.clone(), "scale");
     let blue = key("scale", Color::Blue);
     // No readinessProbe: ready once the port accepts connections.
-    platform.start(blue.clone(), spec(python_server(site.path()), 1, 2)).await.unwrap();
+    platform
+        .start(blue.clone(), spec(python_server(site.path()), 1, 2))
+        .await
+        .unwrap();
     let two = wait_ready(&platform, &blue, 2).await;
 
     platform.scale(&blue, 1).await;
@@ -440,7 +529,10 @@ async fn scale_down_removes_the_newest_and_start_replaces() {
     // A new start replaces the group; the old instances go in the background.
     let mut template = python_server(site.path());
     template.termination_grace_period = Duration::from_secs(2);
-    platform.start(blue.clone(), spec(template, 2, 1)).await.unwrap();
+    platform
+        .start(blue.clone(), spec(template, 2, 1))
+        .await
+        .unwrap();
     let groups = platform.observe("scale");
     assert_eq!((groups[0].revision, groups[0].instances.len()), (2, 1));
     assert_eq!(groups[0].instances[0].id, "scale-blue-r2-1");
@@ -462,7 +554,10 @@ fn a_new_platform_adopts_running_instances() {
         let platform = LocalPlatform::open(run.path().to_path_buf()).unwrap();
         let mut template = python_server(site.path());
         template.readiness_probe = Some(http_probe("/"));
-        platform.start(blue.clone(), spec(template, 5, 1)).await.unwrap();
+        platform
+            .start(blue.clone(), spec(template, 5, 1))
+            .await
+            .unwrap();
         wait_ready(&platform, &blue, 1).await.remove(0)
     });
     drop(first);
@@ -496,6 +591,11 @@ fn a_new_platform_adopts_running_instances() {
 
         platform.shutdown_all().await;
         assert!(!group_alive(replacement.pid.unwrap()));
-        assert_eq!(std::fs::read_dir(run.path().join("instances")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(run.path().join("instances"))
+                .unwrap()
+                .count(),
+            0
+        );
     });
 }

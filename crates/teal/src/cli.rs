@@ -23,7 +23,8 @@ pub struct Cli {
     /// and token from it.
     #[arg(long, global = true, env = "TEAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The daemon's API address (default: the one recorded in the data directory, else
+    /// The daemon's API address. For `server`, where to listen; for the other commands,
+    /// where to call (default: the address recorded in the data directory, else
     /// 127.0.0.1:7070).
     #[arg(long, global = true, env = "TEAL_API")]
     pub api: Option<String>,
@@ -49,12 +50,10 @@ pub enum Output {
 /// Everything teal can do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: API on loopback, store, reconcilers, proxies.
-    Server {
-        /// Where the API listens (loopback by default; port 0 picks a free port).
-        #[arg(long, default_value = crate::server::DEFAULT_API)]
-        api: std::net::SocketAddr,
-    },
+    /// Run the daemon: API on loopback (--api, default 127.0.0.1:7070; port 0 picks a
+    /// free port), store, reconcilers, proxies.
+    #[command(after_help = "Example:\n  teal server --data-dir /var/lib/teal --api 127.0.0.1:7070")]
+    Server,
     /// Create or update the rollouts (and analysis templates) of a spec file.
     #[command(after_help = "Example:\n  teal apply -f shop.yaml")]
     Apply {
@@ -166,7 +165,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&data_dir, cli.api.clone(), cli.token.clone());
     let json = cli.output == Output::Json;
     match cli.command {
-        Command::Server { api } => {
+        Command::Server => {
+            let api = cli.api.as_deref().unwrap_or(crate::server::DEFAULT_API);
+            let api = api
+                .parse()
+                .with_context(|| format!("--api {api:?} is not an address like 127.0.0.1:7070"))?;
             let options = crate::server::ServerOptions { data_dir, api };
             crate::server::run(options, shutdown_signal()).await
         }

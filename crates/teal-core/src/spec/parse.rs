@@ -13,12 +13,12 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
-    self, Chunk, RawAnalysisTemplate, RawBlueGreen, RawHeader, RawNameValue, RawProbe,
-    RawProcess, RawRollout, Shape, Stage1Error,
+    self, Chunk, RawAnalysisTemplate, RawBlueGreen, RawHeader, RawNameValue, RawProbe, RawProcess,
+    RawRollout, Shape, Stage1Error,
 };
 use super::{
-    API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch,
-    Probe, ProbeAction, Process, RolloutSpec, Template,
+    API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
+    ProbeAction, Process, RolloutSpec, Template,
 };
 
 /// The `apiVersion` of Argo Rollouts manifests, accepted so they load unchanged.
@@ -75,13 +75,18 @@ impl fmt::Display for SpecErrors {
     }
 }
 
-
 /// Parses every document of a spec file.
 ///
 /// `file` names the file in errors; `base_dir` is the file's directory, used for a
-/// relative (or missing) `workingDir`. Returns all errors at once, sorted by line. A
+/// relative (or missing) `workingDir`, which is therefore absolute whenever `base_dir`
+/// is (this crate does no I/O, so it cannot make it so). Returns all errors at once,
+/// sorted by line and column. A
 /// file without documents (empty, or only comments) gives an empty list.
-pub fn parse_documents(file: &str, text: &str, base_dir: &Path) -> Result<Vec<Document>, SpecErrors> {
+pub fn parse_documents(
+    file: &str,
+    text: &str,
+    base_dir: &Path,
+) -> Result<Vec<Document>, SpecErrors> {
     let mut errors = Errors {
         file,
         list: Vec::new(),
@@ -97,8 +102,8 @@ pub fn parse_documents(file: &str, text: &str, base_dir: &Path) -> Result<Vec<Do
     if errors.list.is_empty() {
         return Ok(documents);
     }
-    // Errors without a position (rare) go last. The sort is stable, so errors on one
-    // line keep the order they were found in.
+    // Errors without a position (rare) go last. The sort is stable, so errors at the
+    // same place keep the order they were found in.
     errors
         .list
         .sort_by_key(|e| (e.line.unwrap_or(u64::MAX), e.column.unwrap_or(0)));
@@ -195,8 +200,7 @@ fn parse_document(
             validate_rollout(raw, base_dir, errors).map(Document::Rollout)
         }
         "AnalysisTemplate" => {
-            let raw: RawAnalysisTemplate = match raw::deserialize_document(chunk, Shape::FreeSpec)
-            {
+            let raw: RawAnalysisTemplate = match raw::deserialize_document(chunk, Shape::FreeSpec) {
                 Ok(raw) => raw,
                 Err(error) => {
                     errors.stage1(error);
@@ -254,7 +258,11 @@ fn check_unique(
 
 /// Validates a Rollout, applying defaults. Builds the whole spec even after an error,
 /// so that every field is checked; returns None if anything was wrong.
-fn validate_rollout(raw: RawRollout, base_dir: &Path, errors: &mut Errors<'_>) -> Option<RolloutSpec> {
+fn validate_rollout(
+    raw: RawRollout,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+) -> Option<RolloutSpec> {
     let before = errors.count();
     let name = validate_name(&raw.metadata.name, errors);
     let spec = raw.spec;
@@ -275,12 +283,14 @@ fn validate_rollout(raw: RawRollout, base_dir: &Path, errors: &mut Errors<'_>) -
     );
     let template = &spec.template;
     let process = validate_process(&template.process, base_dir, errors);
-    let readiness_probe = template.readiness_probe.as_ref().map(|probe| {
-        validate_probe(probe, "spec.template.readinessProbe", errors)
-    });
-    let liveness_probe = template.liveness_probe.as_ref().map(|probe| {
-        validate_probe(probe, "spec.template.livenessProbe", errors)
-    });
+    let readiness_probe = template
+        .readiness_probe
+        .as_ref()
+        .map(|probe| validate_probe(probe, "spec.template.readinessProbe", errors));
+    let liveness_probe = template
+        .liveness_probe
+        .as_ref()
+        .map(|probe| validate_probe(probe, "spec.template.livenessProbe", errors));
     let termination_grace_period = seconds(
         template.termination_grace_period_seconds.as_ref(),
         "spec.template.terminationGracePeriodSeconds",
@@ -352,7 +362,11 @@ fn number(
     } else {
         format!("a whole number from {min} to {max}")
     };
-    errors.at(&field.referenced, path, format!("expected {expected}, found {value}"));
+    errors.at(
+        &field.referenced,
+        path,
+        format!("expected {expected}, found {value}"),
+    );
     default
 }
 
@@ -529,8 +543,20 @@ fn validate_probe(raw: &Spanned<RawProbe>, path: &str, errors: &mut Errors<'_>) 
             0,
             errors,
         ),
-        period: seconds(probe.period_seconds.as_ref(), &field("periodSeconds"), 10, 1, errors),
-        timeout: seconds(probe.timeout_seconds.as_ref(), &field("timeoutSeconds"), 1, 1, errors),
+        period: seconds(
+            probe.period_seconds.as_ref(),
+            &field("periodSeconds"),
+            10,
+            1,
+            errors,
+        ),
+        timeout: seconds(
+            probe.timeout_seconds.as_ref(),
+            &field("timeoutSeconds"),
+            1,
+            1,
+            errors,
+        ),
         success_threshold: count(
             probe.success_threshold.as_ref(),
             &field("successThreshold"),
@@ -550,11 +576,28 @@ fn validate_probe(raw: &Spanned<RawProbe>, path: &str, errors: &mut Errors<'_>) 
     }
 }
 
-fn validate_blue_green(raw: &RawBlueGreen, replicas: u32, errors: &mut Errors<'_>) -> Option<BlueGreen> {
+fn validate_blue_green(
+    spanned: &Spanned<RawBlueGreen>,
+    replicas: u32,
+    errors: &mut Errors<'_>,
+) -> Option<BlueGreen> {
+    let raw = &spanned.value;
     let path = "spec.strategy.blueGreen";
     let active_path = format!("{path}.activeService.listen");
     let preview_path = format!("{path}.previewService.listen");
-    let active = listen_address(&raw.active_service.listen, &active_path, errors);
+    let active = match &raw.active_service {
+        Some(service) => listen_address(&service.listen, &active_path, errors),
+        None => {
+            errors.at(
+                &spanned.referenced,
+                &format!("{path}.activeService"),
+                "missing required field \"activeService\", expected {listen: ADDRESS}, the \
+                 address users connect to"
+                    .to_owned(),
+            );
+            None
+        }
+    };
     let preview = match &raw.preview_service {
         None => None,
         Some(service) => {
@@ -650,7 +693,11 @@ fn validate_blue_green(raw: &RawBlueGreen, replicas: u32, errors: &mut Errors<'_
 }
 
 /// Parses a `listen` address: an IP literal with a port, or `localhost:PORT`.
-fn listen_address(raw: &Spanned<String>, path: &str, errors: &mut Errors<'_>) -> Option<SocketAddr> {
+fn listen_address(
+    raw: &Spanned<String>,
+    path: &str,
+    errors: &mut Errors<'_>,
+) -> Option<SocketAddr> {
     let text = raw.value.trim();
     let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
         // `localhost` is the one name accepted: resolving others would be I/O.

@@ -28,12 +28,13 @@ pub(super) struct RawHeader {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawRollout {
-    /// Checked through [`RawHeader`]; listed so `deny_unknown_fields` accepts it.
+    /// Checked (and reported if missing) through [`RawHeader`]; listed so
+    /// `deny_unknown_fields` accepts it.
     #[allow(dead_code)]
-    pub api_version: IgnoredAny,
+    pub api_version: Option<IgnoredAny>,
     /// Checked through [`RawHeader`].
     #[allow(dead_code)]
-    pub kind: IgnoredAny,
+    pub kind: Option<IgnoredAny>,
     pub metadata: RawMetadata,
     pub spec: RawRolloutSpec,
 }
@@ -45,10 +46,10 @@ pub(super) struct RawRollout {
 pub(super) struct RawAnalysisTemplate {
     /// Checked through [`RawHeader`].
     #[allow(dead_code)]
-    pub api_version: IgnoredAny,
+    pub api_version: Option<IgnoredAny>,
     /// Checked through [`RawHeader`].
     #[allow(dead_code)]
-    pub kind: IgnoredAny,
+    pub kind: Option<IgnoredAny>,
     pub metadata: RawMetadata,
     pub spec: serde_json::Map<String, serde_json::Value>,
 }
@@ -134,14 +135,16 @@ pub(super) struct RawTcpSocket {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawStrategy {
-    pub blue_green: RawBlueGreen,
+    /// Spanned so a missing `activeService` can be reported at this mapping.
+    pub blue_green: Spanned<RawBlueGreen>,
 }
 
 /// `spec.strategy.blueGreen`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawBlueGreen {
-    pub active_service: RawService,
+    /// Required; optional here so stage two reports it with the other problems.
+    pub active_service: Option<RawService>,
     pub preview_service: Option<RawService>,
     pub preview_match: Option<RawPreviewMatch>,
     pub auto_promotion_enabled: Option<Spanned<bool>>,
@@ -271,12 +274,13 @@ pub(super) fn deserialize_document<T: DeserializeOwned>(
     options.with_snippet = false;
 
     let mut failed_path = None;
-    let result = serde_saphyr::with_deserializer_from_str_with_options(&chunk.text, options, |de| {
-        serde_path_to_error::deserialize::<_, T>(de).map_err(|error| {
-            failed_path = Some(error.path().clone());
-            error.into_inner()
-        })
-    });
+    let result =
+        serde_saphyr::with_deserializer_from_str_with_options(&chunk.text, options, |de| {
+            serde_path_to_error::deserialize::<_, T>(de).map_err(|error| {
+                failed_path = Some(error.path().clone());
+                error.into_inner()
+            })
+        });
     result.map_err(|error| {
         let described = describe(&error, &chunk.text);
         let mut path = match &failed_path {
@@ -375,13 +379,8 @@ struct Described {
 fn describe(error: &YamlError, source: &str) -> Described {
     let mut inner = error;
     // Snippet and alias wrappers only add context; the cause is inside.
-    loop {
-        match inner {
-            YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } => {
-                inner = error;
-            }
-            _ => break,
-        }
+    while let YamlError::WithSnippet { error, .. } | YamlError::AliasError { error, .. } = inner {
+        inner = error;
     }
     // saphyr reports line 0 when it does not know where an error is.
     let location = error.location().filter(|l| l.line() > 0);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{SpecError, SpecErrors, parse_documents};
 use crate::spec::{
-    AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
-    ProbeAction, Process, RolloutSpec, Template,
+    AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe, ProbeAction,
+    Process, RolloutSpec, Template,
 };
 
 const FILE: &str = "shop.yaml";
@@ -276,7 +276,10 @@ fn probe_defaults_follow_kubernetes() {
             path: "/".to_owned()
         }))
     );
-    assert_eq!(template.liveness_probe, Some(expected(ProbeAction::TcpSocket)));
+    assert_eq!(
+        template.liveness_probe,
+        Some(expected(ProbeAction::TcpSocket))
+    );
 }
 
 #[test]
@@ -287,7 +290,10 @@ fn argo_api_version_is_accepted() {
 
 #[test]
 fn labels_and_annotations_are_accepted_and_ignored() {
-    let text = minimal_with(4, "  labels: {app: shop}\n  annotations:\n    note: [anything, 1]");
+    let text = minimal_with(
+        4,
+        "  labels: {app: shop}\n  annotations:\n    note: [anything, 1]",
+    );
     assert_eq!(rollout(&text).name, "shop");
 }
 
@@ -344,7 +350,10 @@ fn unknown_top_level_field_is_rejected() {
 
 #[test]
 fn env_value_that_is_not_a_string_is_rejected() {
-    let text = minimal_with(8, "      env:\n        - {name: A, value: x}\n        - {name: B, value: 3}");
+    let text = minimal_with(
+        8,
+        "      env:\n        - {name: A, value: x}\n        - {name: B, value: 3}",
+    );
     let error = one_error(&text);
     assert_error(
         &error,
@@ -541,16 +550,69 @@ fn localhost_and_ipv6_addresses_are_accepted() {
 fn missing_active_service_is_rejected() {
     let text = MINIMAL.replace(
         "      activeService: {listen: \"127.0.0.1:8080\"}",
-        "      previewService: {listen: \"127.0.0.1:8081\"}",
+        "      previewService: {listen: \"127.0.0.1:8081\"}\n      scaleDownDelaySeconds: -1",
     );
-    let error = one_error(&text);
+    // Reported at the blueGreen mapping, together with the other problems in it.
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
     assert_error(
-        &error,
+        &all[0],
         11,
         7,
         "spec.strategy.blueGreen.activeService",
         "missing required field \"activeService\"",
     );
+    assert_error(
+        &all[1],
+        12,
+        30,
+        "spec.strategy.blueGreen.scaleDownDelaySeconds",
+        "expected a whole number of at least 0, found -1",
+    );
+}
+
+#[test]
+fn missing_required_field_names_the_field() {
+    let text = MINIMAL.replace(
+        "    process:\n      command: [./shop]\n",
+        "    process: {}\n",
+    );
+    let error = one_error(&text);
+    assert_eq!(error.path, "spec.template.process.command", "{error:#?}");
+    assert_eq!(error.message, "missing required field \"command\"");
+    assert_eq!(error.line, Some(7), "{error:#?}");
+}
+
+#[test]
+fn missing_api_version_is_reported_once() {
+    let error = one_error(&MINIMAL.replace("apiVersion: teal.dev/v1alpha1\n", ""));
+    assert_error(
+        &error,
+        1,
+        1,
+        "apiVersion",
+        "missing required field \"apiVersion\", expected \"teal.dev/v1alpha1\"",
+    );
+}
+
+#[test]
+fn type_error_in_a_name_names_the_field() {
+    let error = one_error(&MINIMAL.replace("name: shop", "name: 5"));
+    assert_error(
+        &error,
+        4,
+        9,
+        "metadata.name",
+        "expected a string, found 5; quote it: \"5\"",
+    );
+}
+
+#[test]
+fn errors_in_free_form_parts_keep_their_keys() {
+    // A `value` key under labels is the user's own, not saphyr's Spanned wrapper.
+    let error = one_error(&minimal_with(4, "  labels:\n    value: [1, 2"));
+    assert_eq!(error.path, "metadata.labels.value", "{error:#?}");
+    assert!(error.message.starts_with("invalid YAML: "), "{error:#?}");
 }
 
 #[test]
@@ -572,7 +634,10 @@ fn preview_address_must_differ_from_active() {
     assert_eq!(error.line, Some(12));
     // Different ports are fine.
     let text = minimal_with(11, "      previewService: {listen: \"127.0.0.1:8081\"}");
-    assert_eq!(rollout(&text).strategy.preview_listen, Some(addr("127.0.0.1:8081")));
+    assert_eq!(
+        rollout(&text).strategy.preview_listen,
+        Some(addr("127.0.0.1:8081"))
+    );
 }
 
 #[test]
@@ -640,11 +705,17 @@ fn probe_fields_are_checked() {
 fn relative_working_dir_is_resolved_against_the_base_dir() {
     let text = minimal_with(8, "      workingDir: ./app/bin");
     let process = rollout(&text).template.process;
-    assert_eq!(process.working_dir, Some(PathBuf::from("/srv/shop/app/bin")));
+    assert_eq!(
+        process.working_dir,
+        Some(PathBuf::from("/srv/shop/app/bin"))
+    );
 
     let text = minimal_with(8, "      workingDir: ../shared");
     let process = rollout(&text).template.process;
-    assert_eq!(process.working_dir, Some(PathBuf::from("/srv/shop/../shared")));
+    assert_eq!(
+        process.working_dir,
+        Some(PathBuf::from("/srv/shop/../shared"))
+    );
 
     let text = minimal_with(8, "      workingDir: /opt/shop");
     let process = rollout(&text).template.process;
@@ -708,7 +779,10 @@ fn preview_match_names_are_checked() {
 
 #[test]
 fn preview_match_value_type_error_names_the_value() {
-    let text = minimal_with(11, "      previewMatch:\n        header: {name: X-Test, value: [1]}");
+    let text = minimal_with(
+        11,
+        "      previewMatch:\n        header: {name: X-Test, value: [1]}",
+    );
     let error = one_error(&text);
     assert_error(
         &error,
@@ -756,9 +830,13 @@ fn wrong_api_version_is_rejected() {
 #[test]
 fn missing_kind_is_rejected() {
     let error = one_error(&MINIMAL.replace("kind: Rollout\n", ""));
-    assert_eq!(error.path, "kind");
-    assert_eq!(error.line, Some(1));
-    assert!(error.message.contains("missing required field \"kind\""), "{error:#?}");
+    assert_error(
+        &error,
+        1,
+        1,
+        "kind",
+        "missing required field \"kind\", expected Rollout or AnalysisTemplate",
+    );
 }
 
 #[test]
@@ -802,7 +880,11 @@ fn yaml_syntax_error_is_located_and_other_documents_are_still_checked() {
     let second = MINIMAL.replace("127.0.0.1:8080", "nope");
     let all = errors(&format!("{broken}---\n{second}"));
     assert_eq!(all.len(), 2, "{all:#?}");
-    assert_eq!((all[0].line, all[0].column), (Some(3), Some(10)), "{all:#?}");
+    assert_eq!(
+        (all[0].line, all[0].column),
+        (Some(3), Some(10)),
+        "{all:#?}"
+    );
     assert_eq!(
         all[0].message,
         "invalid YAML: mapping values are not allowed in this context"
@@ -834,7 +916,10 @@ fn duplicate_yaml_key_is_rejected() {
 #[test]
 fn documents_without_content_are_skipped() {
     assert_eq!(parse("").expect("empty file"), Vec::new());
-    assert_eq!(parse("# nothing here\n---\n---\n").expect("comments"), Vec::new());
+    assert_eq!(
+        parse("# nothing here\n---\n---\n").expect("comments"),
+        Vec::new()
+    );
     let text = format!("---\n# leading marker\n{MINIMAL}---\n");
     assert_eq!(rollout(&text).name, "shop");
 }
@@ -876,4 +961,18 @@ fn template_hash_is_equal_for_equal_templates_and_changes_with_the_command() {
     let mut args_changed = a.clone();
     args_changed.process.args.push("--fast".to_owned());
     assert_ne!(a.hash(), args_changed.hash());
+}
+
+#[test]
+fn directives_stay_with_their_document() {
+    let second = MINIMAL.replace("name: shop", "name: b");
+    let text = format!("%YAML 1.2\n---\n{MINIMAL}...\n%YAML 1.2\n---\n{second}");
+    let documents = parse(&text).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(documents.len(), 2);
+    // Line numbers still count from the top of the file.
+    let broken = second.replace("127.0.0.1:8080", "nope");
+    let error = one_error(&format!(
+        "%YAML 1.2\n---\n{MINIMAL}...\n%YAML 1.2\n---\n{broken}"
+    ));
+    assert_eq!(error.line, Some(27), "{error:#?}");
 }
