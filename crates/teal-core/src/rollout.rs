@@ -314,7 +314,11 @@ impl Status {
             template_hash: template_hash.clone(),
         };
 
-        if let Some(stable) = self.stable.as_mut().filter(|s| s.template_hash == template_hash) {
+        if let Some(stable) = self
+            .stable
+            .as_mut()
+            .filter(|s| s.template_hash == template_hash)
+        {
             // The active color already runs this template: nothing to release.
             if let Some(dropped) = self.candidate.take() {
                 notes.push(format!(
@@ -351,7 +355,10 @@ impl Status {
 
         let Some(stable) = self.stable.clone() else {
             // First release: nobody to protect, so no preview and no pause.
-            let color = self.candidate.as_ref().map_or(Color::Blue, |c| c.slot.color);
+            let color = self
+                .candidate
+                .as_ref()
+                .map_or(Color::Blue, |c| c.slot.color);
             notes.push(format!("revision {revision} starting in {color}"));
             self.candidate = Some(Candidate::new(slot_in(color), Stage::ScalingUp, now));
             return;
@@ -365,29 +372,52 @@ impl Status {
             if retiring.template_hash() == template_hash {
                 candidate.ready = retiring.ready;
             } else {
-                notes.push(format!("{} replaced; it can no longer be undone instantly", retiring.slot));
+                notes.push(format!(
+                    "{} replaced; it can no longer be undone instantly",
+                    retiring.slot
+                ));
             }
         }
         if let Some(old) = self.candidate.take() {
-            notes.push(format!("candidate {} replaced by revision {revision}", old.slot));
+            notes.push(format!(
+                "candidate {} replaced by revision {revision}",
+                old.slot
+            ));
         }
         notes.push(format!("revision {revision} starting in {idle} (preview)"));
         self.candidate = Some(candidate);
     }
 
     fn observe(&mut self, color: Color, template_hash: &str, ready: u32, problem: Option<String>) {
-        if let Some(candidate) = self.candidate.as_mut().filter(|c| c.slot.is(color, template_hash)) {
+        if let Some(candidate) = self
+            .candidate
+            .as_mut()
+            .filter(|c| c.slot.is(color, template_hash))
+        {
             candidate.ready = ready;
             candidate.problem = problem;
-        } else if self.stable.as_ref().is_some_and(|s| s.is(color, template_hash)) {
+        } else if self
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.is(color, template_hash))
+        {
             self.stable_ready = ready;
-        } else if let Some(retiring) = self.retiring.as_mut().filter(|r| r.slot.is(color, template_hash)) {
+        } else if let Some(retiring) = self
+            .retiring
+            .as_mut()
+            .filter(|r| r.slot.is(color, template_hash))
+        {
             retiring.ready = ready;
         }
         // Anything else is an observation of instances that are on their way out.
     }
 
-    fn promote(&mut self, expected: Option<Revision>, now: Millis, notes: &mut Vec<String>) -> Result<(), Refusal> {
+    fn promote(
+        &mut self,
+        expected: Option<Revision>,
+        now: Millis,
+        notes: &mut Vec<String>,
+    ) -> Result<(), Refusal> {
         let Some(candidate) = self.candidate.as_mut() else {
             if let Some(expected) = expected {
                 return Err(Refusal::StalePromote {
@@ -424,7 +454,12 @@ impl Status {
         }
     }
 
-    fn abort(&mut self, reason: String, now: Millis, notes: &mut Vec<String>) -> Result<(), Refusal> {
+    fn abort(
+        &mut self,
+        reason: String,
+        now: Millis,
+        notes: &mut Vec<String>,
+    ) -> Result<(), Refusal> {
         let candidate = self.candidate.as_mut().ok_or(Refusal::NothingToAbort)?;
         let revision = candidate.slot.revision;
         if matches!(candidate.stage, Stage::Aborted { .. }) {
@@ -460,7 +495,10 @@ impl Status {
     /// Moves on as far as the observations and the clock allow.
     fn advance(&mut self, policy: &Policy, now: Millis, notes: &mut Vec<String>) {
         if let Some(retiring) = self.retiring.as_ref().filter(|r| now >= r.stop_at) {
-            notes.push(format!("{} stopped: its scale-down delay passed", retiring.slot));
+            notes.push(format!(
+                "{} stopped: its scale-down delay passed",
+                retiring.slot
+            ));
             self.retiring = None;
         }
         let Some(candidate) = self.candidate.as_mut() else {
@@ -469,10 +507,14 @@ impl Status {
         let revision = candidate.slot.revision;
         if candidate.stage == Stage::Starting && candidate.ready >= policy.preview_replicas {
             if candidate.promote_requested {
-                notes.push(format!("revision {revision} is ready; promoting as requested"));
+                notes.push(format!(
+                    "revision {revision} is ready; promoting as requested"
+                ));
                 candidate.enter(Stage::ScalingUp, now);
             } else if policy.auto_promotion_enabled && policy.auto_promotion_delay.is_zero() {
-                notes.push(format!("revision {revision} is ready; promoting automatically"));
+                notes.push(format!(
+                    "revision {revision} is ready; promoting automatically"
+                ));
                 candidate.enter(Stage::ScalingUp, now);
             } else {
                 notes.push(format!(
@@ -509,7 +551,11 @@ impl Status {
             notes.push(format!(
                 "revision {revision} did not become ready within {}{}",
                 secs(policy.progress_deadline),
-                candidate.problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default()
+                candidate
+                    .problem
+                    .as_deref()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
             ));
         }
         if candidate.stage == Stage::ScalingUp && candidate.ready >= policy.replicas {
@@ -555,7 +601,10 @@ impl Status {
             replicas,
         };
         if let Some(retiring) = &self.retiring {
-            world.set_deployment(retiring.slot.color, Some(deployment(&retiring.slot, policy.replicas)));
+            world.set_deployment(
+                retiring.slot.color,
+                Some(deployment(&retiring.slot, policy.replicas)),
+            );
         }
         if let Some(stable) = &self.stable {
             world.set_deployment(stable.color, Some(deployment(stable, policy.replicas)));
@@ -613,7 +662,9 @@ impl Status {
             None => (Phase::Progressing, None),
             Some(candidate) => match candidate.stage {
                 Stage::Aborted { .. } => (Phase::Degraded, Some("RolloutAborted")),
-                _ if candidate.deadline_exceeded => (Phase::Degraded, Some("ProgressDeadlineExceeded")),
+                _ if candidate.deadline_exceeded => {
+                    (Phase::Degraded, Some("ProgressDeadlineExceeded"))
+                }
                 Stage::Paused => (Phase::Paused, Some("BlueGreenPause")),
                 Stage::Starting | Stage::ScalingUp => (Phase::Progressing, None),
             },
@@ -629,12 +680,21 @@ impl Status {
             };
         };
         let slot = &candidate.slot;
-        let problem = candidate.problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default();
+        let problem = candidate
+            .problem
+            .as_deref()
+            .map(|p| format!(": {p}"))
+            .unwrap_or_default();
         match &candidate.stage {
-            Stage::Aborted { reason, .. } => format!("revision {} aborted: {reason}", slot.revision),
+            Stage::Aborted { reason, .. } => {
+                format!("revision {} aborted: {reason}", slot.revision)
+            }
             Stage::Starting => {
                 let deadline = if candidate.deadline_exceeded {
-                    format!(" (progress deadline of {} exceeded)", secs(policy.progress_deadline))
+                    format!(
+                        " (progress deadline of {} exceeded)",
+                        secs(policy.progress_deadline)
+                    )
                 } else {
                     String::new()
                 };

@@ -517,7 +517,8 @@ fn spawn(shared: &Shared, instance: &Instance) -> Result<Running, String> {
         .env("PORT", &port_text)
         .env("TEAL_ROLLOUT", &instance.key.rollout)
         .env("TEAL_COLOR", instance.key.color.as_str())
-        .env("TEAL_REVISION", spec.revision.to_string());
+        .env("TEAL_REVISION", spec.revision.to_string())
+        .env("TEAL_INSTANCE", &instance.id);
     if let Some(dir) = &process.working_dir {
         if !dir.is_dir() {
             return Err(format!(

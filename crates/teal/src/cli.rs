@@ -9,7 +9,8 @@ use http_body_util::BodyExt;
 use hyper::Method;
 use teal_core::Color;
 use teal_core::api::{
-    ApplyRequest, ApplyResponse, CommandResponse, HistoryView, PromoteRequest, RolloutView, UndoRequest,
+    ApplyRequest, ApplyResponse, CommandResponse, HistoryView, PromoteRequest, RolloutView,
+    UndoRequest,
 };
 
 use crate::client::{ApiError, Client, default_data_dir};
@@ -72,7 +73,9 @@ pub enum Command {
         watch: bool,
     },
     /// Promote the revision in preview: scale it up, then switch users to it.
-    #[command(after_help = "Example:\n  teal promote shop --revision 4   # refused unless revision 4 is in preview")]
+    #[command(
+        after_help = "Example:\n  teal promote shop --revision 4   # refused unless revision 4 is in preview"
+    )]
     Promote {
         /// The rollout.
         name: String,
@@ -135,8 +138,12 @@ pub const EXIT_INVALID: i32 = 64;
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TEAL_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TEAL_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -152,7 +159,11 @@ pub fn main() -> i32 {
                 for detail in &api.details {
                     eprintln!("  {detail}");
                 }
-                return if api.status == hyper::StatusCode::BAD_REQUEST { EXIT_INVALID } else { 1 };
+                return if api.status == hyper::StatusCode::BAD_REQUEST {
+                    EXIT_INVALID
+                } else {
+                    1
+                };
             }
             eprintln!("error: {error:#}");
             1
@@ -178,25 +189,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply { file } => {
             let (name, text) = if file.as_os_str() == "-" {
                 let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read standard input")?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("cannot read standard input")?;
                 ("<stdin>".to_owned(), text)
             } else {
-                let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
                 (file.display().to_string(), text)
             };
-            let base_dir = std::path::absolute(file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(".".as_ref()))
-                .context("cannot resolve the spec file's directory")?;
+            let base_dir = std::path::absolute(
+                file.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(".".as_ref()),
+            )
+            .context("cannot resolve the spec file's directory")?;
             let request = ApplyRequest {
                 file: name,
                 text,
                 base_dir: base_dir.display().to_string(),
             };
-            let response: ApplyResponse = client().send(Method::POST, "/api/v1/apply", &request).await?;
+            let response: ApplyResponse = client()
+                .send(Method::POST, "/api/v1/apply", &request)
+                .await?;
             print(json, &response, || render::apply(&response))
         }
         Command::List => {
             let rollouts: Vec<RolloutView> = client().get("/api/v1/rollouts").await?;
-            print(json, &rollouts, || render::list(&rollouts, crate::daemon::now_ms()))
+            print(json, &rollouts, || {
+                render::list(&rollouts, crate::daemon::now_ms())
+            })
         }
         Command::Get { name, watch } => {
             let client = client();
@@ -218,10 +239,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command(json, &client(), &name, "undo", &request).await
         }
         Command::History { name } => {
-            let history: HistoryView = client().get(&format!("/api/v1/rollouts/{}/history", encode(&name))).await?;
+            let history: HistoryView = client()
+                .get(&format!("/api/v1/rollouts/{}/history", encode(&name)))
+                .await?;
             print(json, &history, || render::history(&history))
         }
-        Command::Logs { name, color, follow } => {
+        Command::Logs {
+            name,
+            color,
+            follow,
+        } => {
             let mut path = format!("/api/v1/rollouts/{}/logs?follow={follow}", encode(&name));
             if let Some(color) = color {
                 path.push_str(&format!("&color={color}"));
@@ -245,14 +272,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete { name } => {
             let notes: Vec<String> = client()
-                .send(Method::DELETE, &format!("/api/v1/rollouts/{}", encode(&name)), &())
+                .send(
+                    Method::DELETE,
+                    &format!("/api/v1/rollouts/{}", encode(&name)),
+                    &(),
+                )
                 .await?;
             print(json, &notes, || notes.join("\n"))
         }
     }
 }
 
-async fn command(json: bool, client: &Client, name: &str, verb: &str, body: &impl serde::Serialize) -> anyhow::Result<()> {
+async fn command(
+    json: bool,
+    client: &Client,
+    name: &str,
+    verb: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     let path = format!("/api/v1/rollouts/{}/{verb}", encode(name));
     let response: CommandResponse = client.send(Method::POST, &path, body).await?;
     print(json, &response, || {
@@ -260,11 +297,20 @@ async fn command(json: bool, client: &Client, name: &str, verb: &str, body: &imp
         if !text.is_empty() {
             text.push('\n');
         }
-        text + &format!("{} is {}: {}", response.rollout.name, render::phase(&response.rollout), response.rollout.message)
+        text + &format!(
+            "{} is {}: {}",
+            response.rollout.name,
+            render::phase(&response.rollout),
+            response.rollout.message
+        )
     })
 }
 
-fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -280,7 +326,11 @@ async fn watch_rollout(client: &Client, path: &str, json: bool) -> anyhow::Resul
     let mut last = String::new();
     loop {
         let rollout: RolloutView = client.get(path).await?;
-        let text = if json { serde_json::to_string(&rollout)? } else { render::rollout(&rollout) };
+        let text = if json {
+            serde_json::to_string(&rollout)?
+        } else {
+            render::rollout(&rollout)
+        };
         if text != last {
             if terminal && !json {
                 // Redraw in place: home, clear screen.

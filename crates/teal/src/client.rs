@@ -41,7 +41,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(dir).join("teal");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/teal")
 }
 
@@ -53,7 +55,11 @@ impl Client {
             .or_else(|| std::fs::read_to_string(data_dir.join(ADDRESS_FILE)).ok())
             .map(|a| a.trim().to_owned())
             .unwrap_or_else(|| DEFAULT_API.to_owned());
-        let base = if api.starts_with("http://") { api } else { format!("http://{api}") };
+        let base = if api.starts_with("http://") {
+            api
+        } else {
+            format!("http://{api}")
+        };
         let token = token.or_else(|| {
             std::fs::read_to_string(data_dir.join(TOKEN_FILE))
                 .ok()
@@ -72,17 +78,35 @@ impl Client {
     }
 
     /// POST (or DELETE) with a JSON body, with the token.
-    pub async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         self.call(method, path, Some(body)).await
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let response = self.request(method, path, body).await?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.context("the daemon's answer was cut off")?.to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("the daemon's answer was cut off")?
+            .to_bytes();
         if !status.is_success() {
             let error: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: format!("the daemon answered {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                error: format!(
+                    "the daemon answered {status}: {}",
+                    String::from_utf8_lossy(&bytes).trim()
+                ),
                 details: Vec::new(),
             });
             return Err(ApiError {
@@ -92,7 +116,8 @@ impl Client {
             }
             .into());
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("the daemon's answer to {path} is not what this teal expects"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the daemon's answer to {path} is not what this teal expects"))
     }
 
     /// Sends a request and returns the raw response (for streams such as logs).
@@ -102,11 +127,11 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let mut builder = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
-        if method != Method::GET {
-            if let Some(token) = &self.token {
-                builder = builder.header("authorization", format!("Bearer {token}"));
-            }
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = self.token.as_ref().filter(|_| method != Method::GET) {
+            builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let body = match body {
             Some(body) => {

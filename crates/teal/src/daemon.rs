@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use teal_core::Color;
 use teal_core::api::{
-    ApplyRequest, ApplyResponse, ApplyResult, CommandResponse, HistoryView, PromoteRequest, RolloutView, UndoRequest,
+    ApplyRequest, ApplyResponse, ApplyResult, CommandResponse, HistoryView, PromoteRequest,
+    RolloutView, UndoRequest,
 };
 use teal_core::rollout::{Event, Policy};
 use teal_core::spec::{Document, RolloutSpec, parse_documents};
-use teal_core::Color;
 use teal_platform::{GroupKey, LocalPlatform};
 use teal_proxy::Proxy;
 use tokio::sync::{Notify, watch};
@@ -93,7 +94,9 @@ impl Daemon {
             let listeners = match Listeners::bind(&stored.spec, None).await {
                 Ok(listeners) => listeners,
                 Err(error) => {
-                    tracing::error!("rollout {name}: {error:#}; it runs without listeners until it is applied again");
+                    tracing::error!(
+                        "rollout {name}: {error:#}; it runs without listeners until it is applied again"
+                    );
                     listeners::Pending::nothing()
                 }
             };
@@ -108,7 +111,11 @@ impl Daemon {
     }
 
     fn runtime(&self, name: &str) -> Option<Arc<Runtime>> {
-        self.runtimes.lock().expect("runtimes lock").get(name).cloned()
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .get(name)
+            .cloned()
     }
 
     /// Creates the runtime of a rollout and starts its reconciler and listeners.
@@ -122,9 +129,20 @@ impl Daemon {
             routes: Mutex::new((None, None)),
             stop,
         });
-        listeners.serve(&proxy, &mut runtime.listeners.lock().expect("listeners lock"));
-        self.runtimes.lock().expect("runtimes lock").insert(name.to_owned(), runtime.clone());
-        tokio::spawn(reconciler::run(self.clone(), name.to_owned(), runtime, stopped));
+        listeners.serve(
+            &proxy,
+            &mut runtime.listeners.lock().expect("listeners lock"),
+        );
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .insert(name.to_owned(), runtime.clone());
+        tokio::spawn(reconciler::run(
+            self.clone(),
+            name.to_owned(),
+            runtime,
+            stopped,
+        ));
     }
 
     fn wake(&self, name: &str) {
@@ -134,17 +152,24 @@ impl Daemon {
     }
 
     /// Creates or updates every document of a spec file. All or nothing.
-    pub async fn apply(self: &Arc<Self>, request: ApplyRequest) -> Result<ApplyResponse, DaemonError> {
-        let documents = parse_documents(&request.file, &request.text, std::path::Path::new(&request.base_dir))
-            .map_err(|errors| DaemonError::Invalid {
-                message: format!(
-                    "{} is not a valid spec ({} problem{}); nothing was changed",
-                    request.file,
-                    errors.0.len(),
-                    if errors.0.len() == 1 { "" } else { "s" }
-                ),
-                details: errors.0.iter().map(ToString::to_string).collect(),
-            })?;
+    pub async fn apply(
+        self: &Arc<Self>,
+        request: ApplyRequest,
+    ) -> Result<ApplyResponse, DaemonError> {
+        let documents = parse_documents(
+            &request.file,
+            &request.text,
+            std::path::Path::new(&request.base_dir),
+        )
+        .map_err(|errors| DaemonError::Invalid {
+            message: format!(
+                "{} is not a valid spec ({} problem{}); nothing was changed",
+                request.file,
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            ),
+            details: errors.0.iter().map(ToString::to_string).collect(),
+        })?;
         let _decision = self.decisions.lock().await;
 
         // Bind every new listener first: a port in use rejects the whole apply before
@@ -153,13 +178,15 @@ impl Daemon {
         for document in &documents {
             if let Document::Rollout(spec) = document {
                 let current = self.runtime(&spec.name);
-                let current = current.as_ref().map(|r| r.listeners.lock().expect("listeners lock").addresses());
-                let listeners = Listeners::bind(spec, current.as_ref()).await.map_err(|error| {
-                    DaemonError::Invalid {
+                let current = current
+                    .as_ref()
+                    .map(|r| r.listeners.lock().expect("listeners lock").addresses());
+                let listeners = Listeners::bind(spec, current.as_ref())
+                    .await
+                    .map_err(|error| DaemonError::Invalid {
                         message: format!("rollout {}: {error:#}; nothing was changed", spec.name),
                         details: Vec::new(),
-                    }
-                })?;
+                    })?;
                 bound.push((spec.name.clone(), listeners));
             }
         }
@@ -186,7 +213,10 @@ impl Daemon {
 
         for (name, listeners) in bound {
             match self.runtime(&name) {
-                Some(runtime) => listeners.serve(&runtime.proxy, &mut runtime.listeners.lock().expect("listeners lock")),
+                Some(runtime) => listeners.serve(
+                    &runtime.proxy,
+                    &mut runtime.listeners.lock().expect("listeners lock"),
+                ),
                 None => self.install(&name, listeners),
             }
             self.wake(&name);
@@ -196,7 +226,12 @@ impl Daemon {
     }
 
     /// Runs one event through the state machine and stores the outcome.
-    async fn command(&self, name: &str, cause: &str, event: Event) -> Result<CommandResponse, DaemonError> {
+    async fn command(
+        &self,
+        name: &str,
+        cause: &str,
+        event: Event,
+    ) -> Result<CommandResponse, DaemonError> {
         let notes = {
             let _decision = self.decisions.lock().await;
             let stored = self.stored(name)?;
@@ -221,13 +256,19 @@ impl Daemon {
     }
 
     fn stored(&self, name: &str) -> Result<crate::store::StoredRollout, DaemonError> {
-        self.store
-            .rollout(name)?
-            .ok_or_else(|| DaemonError::NotFound(format!("no rollout named {name:?} (teal list shows the rollouts)")))
+        self.store.rollout(name)?.ok_or_else(|| {
+            DaemonError::NotFound(format!(
+                "no rollout named {name:?} (teal list shows the rollouts)"
+            ))
+        })
     }
 
     /// Promotes the candidate; with `revision`, only if that is the one in preview.
-    pub async fn promote(&self, name: &str, request: PromoteRequest) -> Result<CommandResponse, DaemonError> {
+    pub async fn promote(
+        &self,
+        name: &str,
+        request: PromoteRequest,
+    ) -> Result<CommandResponse, DaemonError> {
         let event = Event::PromoteRequested {
             expected_revision: request.revision,
         };
@@ -249,12 +290,18 @@ impl Daemon {
 
     /// Releases an earlier revision's template again, as a new revision. Instant when
     /// that template is still warm in the idle color.
-    pub async fn undo(&self, name: &str, request: UndoRequest) -> Result<CommandResponse, DaemonError> {
+    pub async fn undo(
+        &self,
+        name: &str,
+        request: UndoRequest,
+    ) -> Result<CommandResponse, DaemonError> {
         let notes = {
             let _decision = self.decisions.lock().await;
             let stored = self.stored(name)?;
             let Some(stable) = stored.status.stable.clone() else {
-                return Err(DaemonError::Refused(format!("rollout {name}: nothing is live yet, so there is nothing to undo")));
+                return Err(DaemonError::Refused(format!(
+                    "rollout {name}: nothing is live yet, so there is nothing to undo"
+                )));
             };
             let revisions = self.store.revisions(name)?;
             let target = match request.to_revision {
@@ -262,7 +309,9 @@ impl Daemon {
                 None => revisions
                     .iter()
                     .rev()
-                    .find(|r| r.revision < stable.revision && r.template_hash != stable.template_hash)
+                    .find(|r| {
+                        r.revision < stable.revision && r.template_hash != stable.template_hash
+                    })
                     .map(|r| r.revision)
                     .ok_or_else(|| {
                         DaemonError::Refused(format!(
@@ -272,7 +321,9 @@ impl Daemon {
                     })?,
             };
             let template = self.store.template(name, target)?.ok_or_else(|| {
-                DaemonError::NotFound(format!("rollout {name} has no revision {target} (teal history {name} lists them)"))
+                DaemonError::NotFound(format!(
+                    "rollout {name} has no revision {target} (teal history {name} lists them)"
+                ))
             })?;
             if template.hash() == stable.template_hash {
                 return Err(DaemonError::Refused(format!(
@@ -296,10 +347,18 @@ impl Daemon {
                 .map_err(|refusal| DaemonError::Refused(format!("rollout {name}: {refusal}")))?;
             let mut spec = stored.spec.clone();
             spec.template = template.clone();
-            let mut notes = vec![format!("undo to revision {target}, released as revision {revision}")];
+            let mut notes = vec![format!(
+                "undo to revision {target}, released as revision {revision}"
+            )];
             notes.extend(transition.notes);
             self.store.write(|writer| {
-                writer.put_revision(name, revision, &template, &format!("undo to revision {target}"), now)?;
+                writer.put_revision(
+                    name,
+                    revision,
+                    &template,
+                    &format!("undo to revision {target}"),
+                    now,
+                )?;
                 writer.put_rollout(&spec, &transition.status, now)?;
                 writer.record(name, "undo", &notes, now)
             })?;
@@ -383,25 +442,44 @@ impl Daemon {
     }
 
     /// The bound addresses of every rollout: (name, active, preview).
-    pub fn bound_addresses(&self) -> Vec<(String, Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)> {
+    pub fn bound_addresses(
+        &self,
+    ) -> Vec<(
+        String,
+        Option<std::net::SocketAddr>,
+        Option<std::net::SocketAddr>,
+    )> {
         self.runtimes
             .lock()
             .expect("runtimes lock")
             .iter()
             .map(|(name, runtime)| {
                 let listeners = runtime.listeners.lock().expect("listeners lock");
-                (name.clone(), listeners.active_bound(), listeners.preview_bound())
+                (
+                    name.clone(),
+                    listeners.active_bound(),
+                    listeners.preview_bound(),
+                )
             })
             .collect()
     }
 }
 
 /// Stores one applied rollout; a changed template makes a new revision.
-fn apply_rollout(writer: &crate::store::Writer<'_>, spec: &RolloutSpec, now: u64) -> anyhow::Result<ApplyResult> {
+fn apply_rollout(
+    writer: &crate::store::Writer<'_>,
+    spec: &RolloutSpec,
+    now: u64,
+) -> anyhow::Result<ApplyResult> {
     let existing = writer.rollout(&spec.name)?;
-    let status = existing.as_ref().map(|e| e.status.clone()).unwrap_or_default();
+    let status = existing
+        .as_ref()
+        .map(|e| e.status.clone())
+        .unwrap_or_default();
     let latest_hash = match &existing {
-        Some(existing) => writer.template(&spec.name, existing.status.revision)?.map(|t| t.hash()),
+        Some(existing) => writer
+            .template(&spec.name, existing.status.revision)?
+            .map(|t| t.hash()),
         None => None,
     };
     let template_hash = spec.template.hash();
@@ -410,12 +488,27 @@ fn apply_rollout(writer: &crate::store::Writer<'_>, spec: &RolloutSpec, now: u64
         let revision = status.revision + 1;
         writer.put_revision(&spec.name, revision, &spec.template, "apply", now)?;
         let transition = status
-            .on(Event::Applied { revision, template_hash }, &policy, now)
+            .on(
+                Event::Applied {
+                    revision,
+                    template_hash,
+                },
+                &policy,
+                now,
+            )
             .map_err(|refusal| anyhow::anyhow!("rollout {}: {refusal}", spec.name))?;
-        let outcome = if existing.is_none() { "created".to_owned() } else { format!("revision {revision}") };
+        let outcome = if existing.is_none() {
+            "created".to_owned()
+        } else {
+            format!("revision {revision}")
+        };
         (transition.status, outcome, transition.notes)
     } else if existing.as_ref().is_some_and(|e| &e.spec != spec) {
-        (status, "configured".to_owned(), vec!["settings changed; same template, no new revision".to_owned()])
+        (
+            status,
+            "configured".to_owned(),
+            vec!["settings changed; same template, no new revision".to_owned()],
+        )
     } else {
         (status, "unchanged".to_owned(), Vec::new())
     };
@@ -430,4 +523,3 @@ fn apply_rollout(writer: &crate::store::Writer<'_>, spec: &RolloutSpec, now: u64
         revision: Some(status.revision),
     })
 }
-

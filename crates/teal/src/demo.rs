@@ -23,13 +23,19 @@ const NAME: &str = "demo";
 /// Runs the tour; with `exit`, stops everything afterwards instead of waiting for
 /// Ctrl-C.
 pub async fn run(exit: bool) -> anyhow::Result<()> {
-    let data_dir = tempfile::Builder::new().prefix("teal-demo-").tempdir().context("cannot create a temporary directory")?;
+    let data_dir = tempfile::Builder::new()
+        .prefix("teal-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
     let data = data_dir.path().to_owned();
     let exe = std::env::current_exe().context("cannot find the teal binary")?;
     let active = free_or_any(8080);
     let preview = free_or_any(8081);
 
-    say("Starting a teal daemon", &format!("data in {}", data.display()));
+    say(
+        "Starting a teal daemon",
+        &format!("data in {}", data.display()),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = crate::server::ServerOptions {
         data_dir: data.clone(),
@@ -63,37 +69,81 @@ async fn tour(
 
     say("Release v1", "the first revision goes straight to blue");
     apply(client, &data, &spec(&exe, "v1", active, preview)).await?;
-    let rollout = wait_until(client, "v1 is live", |r| r.phase == Phase::Healthy && r.active_revision == Some(1)).await?;
+    let rollout = wait_until(client, "v1 is live", |r| {
+        r.phase == Phase::Healthy && r.active_revision == Some(1)
+    })
+    .await?;
     let active = rollout.active_listen.parse::<SocketAddr>()?;
-    let preview: SocketAddr = rollout.preview_listen.as_deref().unwrap_or_default().parse()?;
+    let preview: SocketAddr = rollout
+        .preview_listen
+        .as_deref()
+        .unwrap_or_default()
+        .parse()?;
     show(&format!("curl http://{active}/"), active, None).await?;
 
-    say("Release v2", "it starts in green; users stay on blue, testers can reach green");
+    say(
+        "Release v2",
+        "it starts in green; users stay on blue, testers can reach green",
+    );
     apply(client, &data, &spec(&exe, "v2", active, preview)).await?;
-    wait_until(client, "v2 is ready in preview", |r| r.phase == Phase::Paused).await?;
-    show(&format!("curl http://{active}/                       # users"), active, None).await?;
-    show(&format!("curl http://{preview}/                       # testers, preview address"), preview, None).await?;
+    wait_until(client, "v2 is ready in preview", |r| {
+        r.phase == Phase::Paused
+    })
+    .await?;
     show(
-        &format!("curl --cookie test=true http://{active}/    # testers, cookie on the users' address"),
+        &format!("curl http://{active}/                       # users"),
+        active,
+        None,
+    )
+    .await?;
+    show(
+        &format!("curl http://{preview}/                       # testers, preview address"),
+        preview,
+        None,
+    )
+    .await?;
+    show(
+        &format!(
+            "curl --cookie test=true http://{active}/    # testers, cookie on the users' address"
+        ),
         active,
         Some("test=true"),
     )
     .await?;
     println!("\n  {teal} get {NAME}\n");
-    println!("{}", indent(&crate::render::rollout(&client.get(&format!("/api/v1/rollouts/{NAME}")).await?)));
+    println!(
+        "{}",
+        indent(&crate::render::rollout(
+            &client.get(&format!("/api/v1/rollouts/{NAME}")).await?
+        ))
+    );
 
     say("Promote", &format!("{teal} promote {NAME}"));
-    let response: CommandResponse = client.send(Method::POST, &format!("/api/v1/rollouts/{NAME}/promote"), &()).await?;
+    let response: CommandResponse = client
+        .send(
+            Method::POST,
+            &format!("/api/v1/rollouts/{NAME}/promote"),
+            &(),
+        )
+        .await?;
     notes(&response);
-    wait_until(client, "users are on green", |r| r.phase == Phase::Healthy && r.active_revision == Some(2)).await?;
+    wait_until(client, "users are on green", |r| {
+        r.phase == Phase::Healthy && r.active_revision == Some(2)
+    })
+    .await?;
     show(&format!("curl http://{active}/"), active, None).await?;
     println!("  blue stays warm for 30s, so going back is a route switch, not a start.");
 
     say("Undo", &format!("{teal} undo {NAME}"));
     let started = Instant::now();
-    let response: CommandResponse = client.send(Method::POST, &format!("/api/v1/rollouts/{NAME}/undo"), &()).await?;
+    let response: CommandResponse = client
+        .send(Method::POST, &format!("/api/v1/rollouts/{NAME}/undo"), &())
+        .await?;
     notes(&response);
-    wait_until(client, "users are back on blue", |r| r.active_color == Some(teal_core::Color::Blue)).await?;
+    wait_until(client, "users are back on blue", |r| {
+        r.active_color == Some(teal_core::Color::Blue)
+    })
+    .await?;
     println!("  back on blue in {} ms", started.elapsed().as_millis());
     show(&format!("curl http://{active}/"), active, None).await?;
 
@@ -186,7 +236,11 @@ async fn apply(client: &Client, data: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_until(client: &Client, what: &str, done: impl Fn(&RolloutView) -> bool) -> anyhow::Result<RolloutView> {
+async fn wait_until(
+    client: &Client,
+    what: &str,
+    done: impl Fn(&RolloutView) -> bool,
+) -> anyhow::Result<RolloutView> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rollout: RolloutView = client.get(&format!("/api/v1/rollouts/{NAME}")).await?;
@@ -195,7 +249,10 @@ async fn wait_until(client: &Client, what: &str, done: impl Fn(&RolloutView) -> 
             return Ok(rollout);
         }
         if Instant::now() > deadline {
-            bail!("the demo waited 60s for \"{what}\"; the rollout says: {}", rollout.message);
+            bail!(
+                "the demo waited 60s for \"{what}\"; the rollout says: {}",
+                rollout.message
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -210,6 +267,9 @@ async fn show(command: &str, address: SocketAddr, cookie: Option<&str>) -> anyho
     }
     let response = http.request(request.body(Empty::new())?).await?;
     let body = response.into_body().collect().await?.to_bytes();
-    println!("\n  $ {command}\n  {}", String::from_utf8_lossy(&body).trim());
+    println!(
+        "\n  $ {command}\n  {}",
+        String::from_utf8_lossy(&body).trim()
+    );
     Ok(())
 }

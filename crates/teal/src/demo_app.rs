@@ -48,7 +48,8 @@ pub async fn run(options: DemoAppOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await?;
     let app = Arc::new(App {
         color: std::env::var("TEAL_COLOR").unwrap_or_else(|_| "none".to_owned()),
-        instance: std::env::var("TEAL_INSTANCE").unwrap_or_else(|_| format!("demo-app-{}", std::process::id())),
+        instance: std::env::var("TEAL_INSTANCE")
+            .unwrap_or_else(|_| format!("demo-app-{}", std::process::id())),
         options,
         served: AtomicU64::new(0),
     });
@@ -71,7 +72,9 @@ pub async fn run(options: DemoAppOptions) -> anyhow::Result<()> {
                 let app = app.clone();
                 async move { Ok::<_, hyper::Error>(app.answer(request).await) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -82,7 +85,10 @@ impl App {
         match path {
             "/healthz" => return self.text(StatusCode::OK, "ok\n".to_owned()),
             "/ready" if self.options.never_ready => {
-                return self.text(StatusCode::SERVICE_UNAVAILABLE, "not ready (DEMO_NEVER_READY)\n".to_owned());
+                return self.text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready (DEMO_NEVER_READY)\n".to_owned(),
+                );
             }
             "/ready" => return self.text(StatusCode::OK, "ready\n".to_owned()),
             _ => {}
@@ -108,7 +114,10 @@ impl App {
         if fails {
             return self.text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("error from {}, version {} (DEMO_FAIL_RATE)\n", self.color, self.options.version),
+                format!(
+                    "error from {}, version {} (DEMO_FAIL_RATE)\n",
+                    self.color, self.options.version
+                ),
             );
         }
         self.text(
@@ -124,7 +133,10 @@ impl App {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert("content-type", "text/plain; charset=utf-8".parse().expect("static header"));
+        headers.insert(
+            "content-type",
+            "text/plain; charset=utf-8".parse().expect("static header"),
+        );
         if let Ok(version) = self.options.version.parse() {
             headers.insert("x-demo-version", version);
         }

@@ -16,7 +16,13 @@ pub fn phase(rollout: &RolloutView) -> String {
 pub fn apply(response: &ApplyResponse) -> String {
     let mut out = String::new();
     for result in &response.results {
-        let _ = writeln!(out, "{}/{} {}", result.kind.to_lowercase(), result.name, result.outcome);
+        let _ = writeln!(
+            out,
+            "{}/{} {}",
+            result.kind.to_lowercase(),
+            result.name,
+            result.outcome
+        );
     }
     out
 }
@@ -37,13 +43,18 @@ pub fn list(rollouts: &[RolloutView], now_ms: u64) -> String {
     if rollouts.is_empty() {
         return "no rollouts yet (teal apply -f FILE creates one)".to_owned();
     }
-    let mut out = format!("{:<20} {:<32} {:<16} {:<8} {}\n", "NAME", "PHASE", "ACTIVE", "PREVIEW", "CHANGED");
+    let mut out = format!(
+        "{:<20} {:<32} {:<16} {:<8} {}\n",
+        "NAME", "PHASE", "ACTIVE", "PREVIEW", "CHANGED"
+    );
     for rollout in rollouts {
         let active = match (rollout.active_color, rollout.active_revision) {
             (Some(color), Some(revision)) => format!("{color} (rev {revision})"),
             _ => "-".to_owned(),
         };
-        let preview = rollout.preview_revision.map_or("-".to_owned(), |r| format!("rev {r}"));
+        let preview = rollout
+            .preview_revision
+            .map_or("-".to_owned(), |r| format!("rev {r}"));
         let _ = writeln!(
             out,
             "{:<20} {:<32} {:<16} {:<8} {} ago",
@@ -68,7 +79,11 @@ pub fn rollout(rollout: &RolloutView) -> String {
         (Some(color), Some(revision)) => format!("{color} (revision {revision})"),
         _ => "nothing ready yet (503)".to_owned(),
     };
-    let _ = writeln!(out, "Active:    http://{} -> {active_target}", rollout.active_listen);
+    let _ = writeln!(
+        out,
+        "Active:    http://{} -> {active_target}",
+        rollout.active_listen
+    );
     let preview_target = rollout
         .colors
         .iter()
@@ -79,10 +94,13 @@ pub fn rollout(rollout: &RolloutView) -> String {
         let _ = writeln!(out, "Preview:   http://{preview} -> {preview_target}");
     }
     for matcher in &rollout.preview_match {
-        let _ = writeln!(out, "           requests with {matcher} on the active address -> {preview_target}");
+        let _ = writeln!(
+            out,
+            "           requests with {matcher} on the active address -> {preview_target}"
+        );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<8} {:<9} {:<9} {}", "COLOR", "REVISION", "ROLE", "READY");
+    let _ = writeln!(out, "{:<8} {:<9} {:<9} READY", "COLOR", "REVISION", "ROLE");
     for color in &rollout.colors {
         let _ = writeln!(
             out,
@@ -96,7 +114,11 @@ pub fn rollout(rollout: &RolloutView) -> String {
         for instance in &color.instances {
             let state = if instance.ready { "ready" } else { "not ready" };
             let pid = instance.pid.map_or("-".to_owned(), |p| p.to_string());
-            let _ = write!(out, "  {:<22} {:<21} {:<10} pid {pid}", instance.id, instance.addr, state);
+            let _ = write!(
+                out,
+                "  {:<22} {:<21} {:<10} pid {pid}",
+                instance.id, instance.addr, state
+            );
             if instance.restarts > 0 {
                 let _ = write!(out, ", {} restarts", instance.restarts);
             }
@@ -111,7 +133,10 @@ pub fn rollout(rollout: &RolloutView) -> String {
 
 /// Revisions and the audit trail.
 pub fn history(history: &HistoryView) -> String {
-    let mut out = format!("{:<9} {:<10} {:<24} {}\n", "REVISION", "TEMPLATE", "SOURCE", "COMMAND");
+    let mut out = format!(
+        "{:<9} {:<10} {:<24} {}\n",
+        "REVISION", "TEMPLATE", "SOURCE", "COMMAND"
+    );
     for revision in &history.revisions {
         let _ = writeln!(
             out,
@@ -122,9 +147,15 @@ pub fn history(history: &HistoryView) -> String {
             revision.command.join(" ")
         );
     }
-    let _ = writeln!(out, "\n{:<24} {:<11} {}", "WHEN (UTC)", "CAUSE", "WHAT");
+    let _ = writeln!(out, "\n{:<24} {:<11} WHAT", "WHEN (UTC)", "CAUSE");
     for event in &history.events {
-        let _ = writeln!(out, "{:<24} {:<11} {}", timestamp(event.at_ms), event.cause, event.message);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<11} {}",
+            timestamp(event.at_ms),
+            event.cause,
+            event.message
+        );
     }
     out
 }

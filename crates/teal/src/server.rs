@@ -50,14 +50,21 @@ struct AppState {
 }
 
 /// Runs the daemon until `shutdown` resolves, then stops every instance.
-pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let token = load_or_create_token(data_dir)?;
     let store = Store::open(data_dir)?;
-    let platform = LocalPlatform::open(data_dir.join("run"))
-        .with_context(|| format!("cannot open the instance directory {}", data_dir.join("run").display()))?;
+    let platform = LocalPlatform::open(data_dir.join("run")).with_context(|| {
+        format!(
+            "cannot open the instance directory {}",
+            data_dir.join("run").display()
+        )
+    })?;
     let daemon = Daemon::start(store, platform).await?;
 
     let listener = TcpListener::bind(options.api)
@@ -69,7 +76,10 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()> + Se
     }
     std::fs::write(data_dir.join(ADDRESS_FILE), bound.to_string())
         .with_context(|| format!("cannot write {}", data_dir.join(ADDRESS_FILE).display()))?;
-    println!("teal: API on http://{bound} (data in {})", data_dir.display());
+    println!(
+        "teal: API on http://{bound} (data in {})",
+        data_dir.display()
+    );
     for (name, active, preview) in daemon.bound_addresses() {
         println!("{}", listening_line(&name, active, preview));
     }
@@ -89,7 +99,11 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()> + Se
 }
 
 /// `rollout shop: active http://..., preview http://...`
-pub fn listening_line(name: &str, active: Option<SocketAddr>, preview: Option<SocketAddr>) -> String {
+pub fn listening_line(
+    name: &str,
+    active: Option<SocketAddr>,
+    preview: Option<SocketAddr>,
+) -> String {
     let mut line = format!("rollout {name}:");
     if let Some(active) = active {
         line.push_str(&format!(" active on http://{active}"));
@@ -142,7 +156,11 @@ fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such API endpoint".to_owned(), Vec::new())
+    error(
+        StatusCode::NOT_FOUND,
+        "no such API endpoint".to_owned(),
+        Vec::new(),
+    )
 }
 
 /// Mutating calls need the token; reads on loopback do not.
@@ -172,18 +190,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn error(status: StatusCode, message: String, details: Vec<String>) -> Response {
-    (status, Json(ErrorBody { error: message, details })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message,
+            details,
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
         match self {
             DaemonError::NotFound(message) => error(StatusCode::NOT_FOUND, message, Vec::new()),
-            DaemonError::Invalid { message, details } => error(StatusCode::BAD_REQUEST, message, details),
+            DaemonError::Invalid { message, details } => {
+                error(StatusCode::BAD_REQUEST, message, details)
+            }
             DaemonError::Refused(message) => error(StatusCode::CONFLICT, message, Vec::new()),
             DaemonError::Internal(cause) => {
                 tracing::error!("internal error: {cause:#}");
-                error(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {cause:#}"), Vec::new())
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error: {cause:#}"),
+                    Vec::new(),
+                )
             }
         }
     }
@@ -195,15 +226,24 @@ async fn list(State(state): State<AppState>) -> Reply<Vec<teal_core::api::Rollou
     state.daemon.list().map(Json)
 }
 
-async fn get_one(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::RolloutView> {
+async fn get_one(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<teal_core::api::RolloutView> {
     state.daemon.get(&name).map(Json)
 }
 
-async fn history(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::HistoryView> {
+async fn history(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<teal_core::api::HistoryView> {
     state.daemon.history(&name).map(Json)
 }
 
-async fn apply(State(state): State<AppState>, Json(request): Json<ApplyRequest>) -> Reply<teal_core::api::ApplyResponse> {
+async fn apply(
+    State(state): State<AppState>,
+    Json(request): Json<ApplyRequest>,
+) -> Reply<teal_core::api::ApplyResponse> {
     state.daemon.apply(request).await.map(Json)
 }
 
@@ -227,11 +267,17 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Resul
     })
 }
 
-async fn abort(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::CommandResponse> {
+async fn abort(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<teal_core::api::CommandResponse> {
     state.daemon.abort(&name).await.map(Json)
 }
 
-async fn retry(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<teal_core::api::CommandResponse> {
+async fn retry(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<teal_core::api::CommandResponse> {
     state.daemon.retry(&name).await.map(Json)
 }
 
@@ -244,7 +290,10 @@ async fn undo(
     state.daemon.undo(&name, request).await.map(Json)
 }
 
-async fn delete_one(State(state): State<AppState>, UrlPath(name): UrlPath<String>) -> Reply<Vec<String>> {
+async fn delete_one(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<Vec<String>> {
     state.daemon.delete(&name).await.map(Json)
 }
 
@@ -285,13 +334,16 @@ async fn logs(
                     }
                 },
             };
-            Some((Ok::<_, Infallible>(Bytes::from(chunk)), (daemon, name, color, offsets, None)))
+            Some((
+                Ok::<_, Infallible>(Bytes::from(chunk)),
+                (daemon, name, color, offsets, None),
+            ))
         },
     );
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
-        .map_err(|e| DaemonError::Internal(e.into()))?)
+        .map_err(|e| DaemonError::Internal(e.into()))
 }
 
 /// Reads what was added to each log since the last call, prefixed per line.
@@ -305,7 +357,9 @@ fn read_new_lines(
     use std::io::{Read, Seek, SeekFrom};
     let mut out = String::new();
     for log in daemon.platform().log_files(name, color) {
-        let Ok(mut file) = std::fs::File::open(&log.path) else { continue };
+        let Ok(mut file) = std::fs::File::open(&log.path) else {
+            continue;
+        };
         let length = file.metadata().map(|m| m.len()).unwrap_or(0);
         let start = match offsets.get(&log.path) {
             // A log that shrank was rotated: read it from its start.

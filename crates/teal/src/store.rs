@@ -67,12 +67,15 @@ impl Store {
     /// Opens (creating and migrating) `teal.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         let path = data_dir.join("teal.db");
-        let mut connection =
-            Connection::open(&path).with_context(|| format!("cannot open the store {}", path.display()))?;
+        let mut connection = Connection::open(&path)
+            .with_context(|| format!("cannot open the store {}", path.display()))?;
         connection
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
             .context("cannot configure the store")?;
-        migrate(&mut connection).with_context(|| format!("cannot migrate the store {}", path.display()))?;
+        migrate(&mut connection)
+            .with_context(|| format!("cannot migrate the store {}", path.display()))?;
         Ok(Store {
             connection: Mutex::new(connection),
         })
@@ -81,11 +84,16 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the transaction is
         // rolled back when dropped), so the poison flag carries no information.
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `change` in one transaction, committed before this returns.
-    pub fn write<T>(&self, change: impl FnOnce(&Writer<'_>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn write<T>(
+        &self,
+        change: impl FnOnce(&Writer<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
         let result = change(&Writer { tx: &transaction })?;
@@ -96,9 +104,15 @@ impl Store {
     /// Every rollout, by name.
     pub fn rollouts(&self) -> anyhow::Result<Vec<(String, StoredRollout)>> {
         let connection = self.lock();
-        let mut statement = connection.prepare("SELECT name, spec, status, updated_at FROM rollouts ORDER BY name")?;
+        let mut statement = connection
+            .prepare("SELECT name, spec, status, updated_at FROM rollouts ORDER BY name")?;
         let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
         })?;
         let mut rollouts = Vec::new();
         for row in rows {
@@ -139,13 +153,20 @@ impl Store {
         let mut revisions = Vec::new();
         for row in rows {
             let (revision, template, template_hash, source, created_at) = row?;
-            let template: Template = serde_json::from_str(&template).context("a stored template is unreadable")?;
+            let template: Template =
+                serde_json::from_str(&template).context("a stored template is unreadable")?;
             revisions.push(RevisionView {
                 revision: revision as u64,
                 template_hash,
                 created_at_ms: created_at as u64,
                 source,
-                command: template.process.command.iter().chain(&template.process.args).cloned().collect(),
+                command: template
+                    .process
+                    .command
+                    .iter()
+                    .chain(&template.process.args)
+                    .cloned()
+                    .collect(),
             });
         }
         Ok(revisions)
@@ -154,8 +175,8 @@ impl Store {
     /// The audit trail of one rollout, oldest first.
     pub fn events(&self, rollout: &str) -> anyhow::Result<Vec<HistoryEntry>> {
         let connection = self.lock();
-        let mut statement =
-            connection.prepare("SELECT at, cause, message FROM events WHERE rollout = ?1 ORDER BY id")?;
+        let mut statement = connection
+            .prepare("SELECT at, cause, message FROM events WHERE rollout = ?1 ORDER BY id")?;
         let rows = statement.query_map([rollout], |row| {
             Ok(HistoryEntry {
                 at_ms: row.get::<_, i64>(0)? as u64,
@@ -219,7 +240,13 @@ impl Writer<'_> {
     }
 
     /// Adds entries to the audit trail.
-    pub fn record(&self, rollout: &str, cause: &str, messages: &[String], now: u64) -> anyhow::Result<()> {
+    pub fn record(
+        &self,
+        rollout: &str,
+        cause: &str,
+        messages: &[String],
+        now: u64,
+    ) -> anyhow::Result<()> {
         for message in messages {
             self.tx.execute(
                 "INSERT INTO events (rollout, at, cause, message) VALUES (?1, ?2, ?3, ?4)",
@@ -231,17 +258,27 @@ impl Writer<'_> {
 
     /// Removes a rollout and its revisions; its audit trail stays.
     pub fn delete_rollout(&self, name: &str) -> anyhow::Result<()> {
-        self.tx.execute("DELETE FROM rollouts WHERE name = ?1", [name])?;
-        self.tx.execute("DELETE FROM revisions WHERE rollout = ?1", [name])?;
+        self.tx
+            .execute("DELETE FROM rollouts WHERE name = ?1", [name])?;
+        self.tx
+            .execute("DELETE FROM revisions WHERE rollout = ?1", [name])?;
         Ok(())
     }
 
     /// Creates or replaces an analysis template; true when it changed.
-    pub fn put_analysis_template(&self, template: &AnalysisTemplateSpec, now: u64) -> anyhow::Result<bool> {
+    pub fn put_analysis_template(
+        &self,
+        template: &AnalysisTemplateSpec,
+        now: u64,
+    ) -> anyhow::Result<bool> {
         let spec = serde_json::to_string(&template.spec)?;
         let old: Option<String> = self
             .tx
-            .query_row("SELECT spec FROM analysis_templates WHERE name = ?1", [&template.name], |row| row.get(0))
+            .query_row(
+                "SELECT spec FROM analysis_templates WHERE name = ?1",
+                [&template.name],
+                |row| row.get(0),
+            )
             .optional()?;
         if old.as_deref() == Some(spec.as_str()) {
             return Ok(false);
@@ -268,14 +305,27 @@ fn migrate(connection: &mut Connection) -> anyhow::Result<()> {
 
 fn read_rollout(connection: &Connection, name: &str) -> anyhow::Result<Option<StoredRollout>> {
     let row = connection
-        .query_row("SELECT spec, status, updated_at FROM rollouts WHERE name = ?1", [name], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
-        })
+        .query_row(
+            "SELECT spec, status, updated_at FROM rollouts WHERE name = ?1",
+            [name],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        )
         .optional()?;
-    row.map(|(spec, status, updated_at)| decode_rollout(&spec, &status, updated_at)).transpose()
+    row.map(|(spec, status, updated_at)| decode_rollout(&spec, &status, updated_at))
+        .transpose()
 }
 
-fn read_template(connection: &Connection, rollout: &str, revision: Revision) -> anyhow::Result<Option<Template>> {
+fn read_template(
+    connection: &Connection,
+    rollout: &str,
+    revision: Revision,
+) -> anyhow::Result<Option<Template>> {
     let template: Option<String> = connection
         .query_row(
             "SELECT template FROM revisions WHERE rollout = ?1 AND revision = ?2",

@@ -72,7 +72,12 @@ fn run(start: Status, policy: &Policy, events: Vec<(Millis, Event)>) -> (Status,
 
 /// blue runs revision 1 (hash "a") with 2 ready instances.
 fn healthy_on_blue() -> Status {
-    run(Status::default(), &policy(), vec![(0, applied(1, "a")), (1, ready(Blue, "a", 2))]).0
+    run(
+        Status::default(),
+        &policy(),
+        vec![(0, applied(1, "a")), (1, ready(Blue, "a", 2))],
+    )
+    .0
 }
 
 /// Revision 2 ("b") paused in preview on green.
@@ -174,7 +179,10 @@ fn blue_green_cycle_table() {
             events: vec![
                 (10, applied(2, "b")),
                 (11, promote(None)),
-                (12, not_ready(Green, "b", "readiness probe GET /ready answered 503")),
+                (
+                    12,
+                    not_ready(Green, "b", "readiness probe GET /ready answered 503"),
+                ),
                 (700_000, Event::TimePassed),
             ],
             phase: (Phase::Degraded, Some("ProgressDeadlineExceeded")),
@@ -305,7 +313,11 @@ fn blue_green_cycle_table() {
             name: "auto-promotion with a delay waits in preview first",
             start: healthy_on_blue(),
             policy: auto_after_5s.clone(),
-            events: vec![(10, applied(2, "b")), (11, ready(Green, "b", 1)), (5_010, Event::TimePassed)],
+            events: vec![
+                (10, applied(2, "b")),
+                (11, ready(Green, "b", 1)),
+                (5_010, Event::TimePassed),
+            ],
             phase: (Phase::Paused, Some("BlueGreenPause")),
             world: World {
                 blue: deployment(1, "a", 2),
@@ -319,7 +331,11 @@ fn blue_green_cycle_table() {
             name: "auto-promotion with a delay promotes when it ends",
             start: healthy_on_blue(),
             policy: auto_after_5s,
-            events: vec![(10, applied(2, "b")), (11, ready(Green, "b", 1)), (5_011, Event::TimePassed)],
+            events: vec![
+                (10, applied(2, "b")),
+                (11, ready(Green, "b", 1)),
+                (5_011, Event::TimePassed),
+            ],
             phase: (Phase::Progressing, None),
             world: World {
                 blue: deployment(1, "a", 2),
@@ -378,7 +394,11 @@ fn blue_green_cycle_table() {
             name: "retry releases the aborted candidate again",
             start: paused_on_green(),
             policy: policy(),
-            events: vec![(20, abort()), (30_020, Event::TimePassed), (40_000, Event::RetryRequested)],
+            events: vec![
+                (20, abort()),
+                (30_020, Event::TimePassed),
+                (40_000, Event::RetryRequested),
+            ],
             phase: (Phase::Progressing, None),
             world: World {
                 blue: deployment(1, "a", 2),
@@ -451,7 +471,11 @@ fn blue_green_cycle_table() {
                 preview_replicas: 2,
                 ..policy()
             },
-            events: vec![(10, applied(2, "b")), (11, promote(Some(2))), (12, ready(Green, "b", 2))],
+            events: vec![
+                (10, applied(2, "b")),
+                (11, promote(Some(2))),
+                (12, ready(Green, "b", 2)),
+            ],
             phase: (Phase::Healthy, None),
             world: World {
                 blue: deployment(1, "a", 2),
@@ -483,10 +507,19 @@ fn blue_green_cycle_table() {
     for case in cases {
         let (status, notes) = run(case.start, &case.policy, case.events);
         assert_eq!(status.phase(), case.phase, "{}: phase", case.name);
-        assert_eq!(status.world(&case.policy), case.world, "{}: world", case.name);
+        assert_eq!(
+            status.world(&case.policy),
+            case.world,
+            "{}: world",
+            case.name
+        );
         // An empty note means nothing noteworthy may happen.
         assert!(
-            if case.note.is_empty() { notes.is_empty() } else { notes.iter().any(|n| n.contains(case.note)) },
+            if case.note.is_empty() {
+                notes.is_empty()
+            } else {
+                notes.iter().any(|n| n.contains(case.note))
+            },
             "{}: no note contains {:?} in {notes:#?}",
             case.name,
             case.note
@@ -542,20 +575,33 @@ fn refusals_table() {
     ];
     for (name, status, event, message) in cases {
         let refusal = status.on(event, &policy(), 100).expect_err(name);
-        assert!(refusal.to_string().contains(message), "{name}: got {refusal}");
+        assert!(
+            refusal.to_string().contains(message),
+            "{name}: got {refusal}"
+        );
     }
 }
 
 #[test]
 fn wakes_for_the_next_deadline() {
     let policy = policy();
-    assert_eq!(switched_to_green().next_wake(&policy), Some(30_020), "scale-down of the warm color");
     assert_eq!(
-        run(healthy_on_blue(), &policy, vec![(10, applied(2, "b"))]).0.next_wake(&policy),
+        switched_to_green().next_wake(&policy),
+        Some(30_020),
+        "scale-down of the warm color"
+    );
+    assert_eq!(
+        run(healthy_on_blue(), &policy, vec![(10, applied(2, "b"))])
+            .0
+            .next_wake(&policy),
         Some(600_010),
         "progress deadline of a starting candidate"
     );
-    assert_eq!(paused_on_green().next_wake(&policy), None, "a manual pause waits for a person");
+    assert_eq!(
+        paused_on_green().next_wake(&policy),
+        None,
+        "a manual pause waits for a person"
+    );
     assert_eq!(healthy_on_blue().next_wake(&policy), None);
 }
 
@@ -565,7 +611,13 @@ fn messages_say_what_blocks_progress() {
     let (status, _) = run(
         healthy_on_blue(),
         &policy,
-        vec![(10, applied(2, "b")), (11, not_ready(Green, "b", "readiness probe GET /ready answered 503"))],
+        vec![
+            (10, applied(2, "b")),
+            (
+                11,
+                not_ready(Green, "b", "readiness probe GET /ready answered 503"),
+            ),
+        ],
     );
     assert_eq!(
         status.message(&policy),

@@ -76,13 +76,27 @@ impl Listeners {
     /// Binds what `spec` needs that `current` does not already serve.
     pub async fn bind(spec: &RolloutSpec, current: Option<&Addresses>) -> anyhow::Result<Pending> {
         let strategy = &spec.strategy;
-        let active = plan(Some(strategy.active_listen), current.and_then(|c| c.active), "active").await?;
-        let preview = plan(strategy.preview_listen, current.and_then(|c| c.preview), "preview").await?;
+        let active = plan(
+            Some(strategy.active_listen),
+            current.and_then(|c| c.active),
+            "active",
+        )
+        .await?;
+        let preview = plan(
+            strategy.preview_listen,
+            current.and_then(|c| c.preview),
+            "preview",
+        )
+        .await?;
         Ok(Pending { active, preview })
     }
 }
 
-async fn plan(wanted: Option<SocketAddr>, current: Option<SocketAddr>, role: &str) -> anyhow::Result<Plan> {
+async fn plan(
+    wanted: Option<SocketAddr>,
+    current: Option<SocketAddr>,
+    role: &str,
+) -> anyhow::Result<Plan> {
     match wanted {
         None => Ok(Plan::Close),
         Some(wanted) if Some(wanted) == current => Ok(Plan::Keep),

@@ -18,11 +18,18 @@ use super::{Daemon, Runtime, now_ms};
 const RESYNC: Duration = Duration::from_secs(5);
 
 /// Runs until the rollout is deleted or the daemon stops.
-pub(super) async fn run(daemon: Arc<Daemon>, name: String, runtime: Arc<Runtime>, mut stopped: watch::Receiver<bool>) {
+pub(super) async fn run(
+    daemon: Arc<Daemon>,
+    name: String,
+    runtime: Arc<Runtime>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut platform_changes = daemon.platform.changed();
     loop {
         let wait = match pass(&daemon, &name, &runtime).await {
-            Ok(Some(wake_at)) => Duration::from_millis(wake_at.saturating_sub(now_ms())).min(RESYNC),
+            Ok(Some(wake_at)) => {
+                Duration::from_millis(wake_at.saturating_sub(now_ms())).min(RESYNC)
+            }
             Ok(None) => RESYNC,
             Err(error) => {
                 tracing::error!("rollout {name}: reconcile failed: {error:#}");
@@ -110,14 +117,23 @@ async fn decide(daemon: &Daemon, name: &str) -> anyhow::Result<Option<(RolloutSp
 }
 
 fn deployment_of(groups: &[GroupStatus], color: Color) -> Option<Deployment> {
-    groups.iter().find(|g| g.color == color).map(|group| Deployment {
-        revision: group.revision,
-        template_hash: group.template_hash.clone(),
-        replicas: group.replicas,
-    })
+    groups
+        .iter()
+        .find(|g| g.color == color)
+        .map(|group| Deployment {
+            revision: group.revision,
+            template_hash: group.template_hash.clone(),
+            replicas: group.replicas,
+        })
 }
 
-async fn act(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &RolloutSpec, effect: Effect) -> anyhow::Result<()> {
+async fn act(
+    daemon: &Daemon,
+    name: &str,
+    runtime: &Runtime,
+    spec: &RolloutSpec,
+    effect: Effect,
+) -> anyhow::Result<()> {
     let key = |color| GroupKey {
         rollout: name.to_owned(),
         color,
@@ -127,8 +143,14 @@ async fn act(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &RolloutSpec,
             let template = daemon
                 .store
                 .template(name, deployment.revision)?
-                .ok_or_else(|| anyhow::anyhow!("revision {} has no stored template", deployment.revision))?;
-            tracing::info!("rollout {name}: starting revision {} in {color} ({} instances)", deployment.revision, deployment.replicas);
+                .ok_or_else(|| {
+                    anyhow::anyhow!("revision {} has no stored template", deployment.revision)
+                })?;
+            tracing::info!(
+                "rollout {name}: starting revision {} in {color} ({} instances)",
+                deployment.revision,
+                deployment.replicas
+            );
             daemon
                 .platform
                 .start(
@@ -151,7 +173,10 @@ async fn act(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &RolloutSpec,
             publish_routes(daemon, name, runtime, spec);
         }
         Effect::Stop { color } => {
-            let drained = runtime.proxy.drain(color, spec.strategy.drain_timeout).await;
+            let drained = runtime
+                .proxy
+                .drain(color, spec.strategy.drain_timeout)
+                .await;
             if !drained {
                 tracing::warn!(
                     "rollout {name}: {color} still had requests in flight after {}s; stopping it anyway",
@@ -176,7 +201,13 @@ fn publish_routes(daemon: &Daemon, name: &str, runtime: &Runtime, spec: &Rollout
             color,
             revision: group.map_or(0, |g| g.revision),
             instances: group
-                .map(|g| g.instances.iter().filter(|i| i.ready).map(|i| i.addr).collect())
+                .map(|g| {
+                    g.instances
+                        .iter()
+                        .filter(|i| i.ready)
+                        .map(|i| i.addr)
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     };

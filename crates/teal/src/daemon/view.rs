@@ -27,9 +27,19 @@ impl Daemon {
         let role = |color: Color| -> &'static str {
             if status.stable.as_ref().is_some_and(|s| s.color == color) {
                 "active"
-            } else if let Some(candidate) = status.candidate.as_ref().filter(|c| c.slot.color == color) {
-                if matches!(candidate.stage, Stage::Aborted { .. }) { "aborted" } else { "preview" }
-            } else if status.retiring.as_ref().is_some_and(|r| r.slot.color == color) {
+            } else if let Some(candidate) =
+                status.candidate.as_ref().filter(|c| c.slot.color == color)
+            {
+                if matches!(candidate.stage, Stage::Aborted { .. }) {
+                    "aborted"
+                } else {
+                    "preview"
+                }
+            } else if status
+                .retiring
+                .as_ref()
+                .is_some_and(|r| r.slot.color == color)
+            {
                 "warm"
             } else {
                 "stopping"
@@ -39,7 +49,9 @@ impl Daemon {
             .into_iter()
             .filter_map(|color| {
                 let deployment = world.deployment(color)?;
-                let group = groups.iter().find(|g| g.color == color && g.template_hash == deployment.template_hash);
+                let group = groups
+                    .iter()
+                    .find(|g| g.color == color && g.template_hash == deployment.template_hash);
                 let instances: Vec<InstanceView> = group
                     .map(|g| {
                         g.instances
@@ -91,8 +103,12 @@ impl Daemon {
                 .as_ref()
                 .filter(|c| !matches!(c.stage, Stage::Aborted { .. }))
                 .map(|c| c.slot.revision),
-            active_listen: active_bound.unwrap_or(spec.strategy.active_listen).to_string(),
-            preview_listen: preview_bound.or(spec.strategy.preview_listen).map(|a| a.to_string()),
+            active_listen: active_bound
+                .unwrap_or(spec.strategy.active_listen)
+                .to_string(),
+            preview_listen: preview_bound
+                .or(spec.strategy.preview_listen)
+                .map(|a| a.to_string()),
             preview_match,
             colors,
             updated_at_ms: stored.updated_at,

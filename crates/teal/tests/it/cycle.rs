@@ -26,7 +26,9 @@ fn pids(rollout: &teal_core::api::RolloutView, color: Color) -> Vec<u32> {
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 #[test]
@@ -35,17 +37,28 @@ fn full_cycle_previews_promotes_and_retires_the_old_color() {
     let rt = runtime();
     let mut spec = DemoSpec::new("shop", "v1");
     spec.scale_down_delay = 3;
-    assert!(sandbox.apply_ok("shop.yaml", &spec.yaml()).contains("rollout/shop created"));
+    assert!(
+        sandbox
+            .apply_ok("shop.yaml", &spec.yaml())
+            .contains("rollout/shop created")
+    );
     let live = sandbox.wait_for("shop", "v1 live on blue", |r| {
         r.phase == Phase::Healthy && r.active_color == Some(Color::Blue)
     });
     let (active, preview) = addresses(&live);
     let answer = rt.block_on(get_once(active, None));
-    assert_eq!((answer.status, answer.color.as_deref()), (200, Some("blue")));
+    assert_eq!(
+        (answer.status, answer.color.as_deref()),
+        (200, Some("blue"))
+    );
     assert!(answer.body.contains("version v1"), "{answer:?}");
 
     spec.version = "v2";
-    assert!(sandbox.apply_ok("shop.yaml", &spec.yaml()).contains("rollout/shop revision 2"));
+    assert!(
+        sandbox
+            .apply_ok("shop.yaml", &spec.yaml())
+            .contains("rollout/shop revision 2")
+    );
     let paused = sandbox.wait_for("shop", "v2 paused in preview", |r| r.phase == Phase::Paused);
     assert_eq!(paused.reason.as_deref(), Some("BlueGreenPause"));
     assert_eq!(paused.preview_revision, Some(2));
@@ -54,11 +67,20 @@ fn full_cycle_previews_promotes_and_retires_the_old_color() {
 
     // Users stay on v1; testers reach v2 by the preview address or the cookie.
     let users = rt.block_on(get_once(active, None));
-    assert!(users.body.contains("version v1") && users.color.as_deref() == Some("blue"), "{users:?}");
+    assert!(
+        users.body.contains("version v1") && users.color.as_deref() == Some("blue"),
+        "{users:?}"
+    );
     let testers = rt.block_on(get_once(preview, None));
-    assert!(testers.body.contains("version v2") && testers.color.as_deref() == Some("green"), "{testers:?}");
+    assert!(
+        testers.body.contains("version v2") && testers.color.as_deref() == Some("green"),
+        "{testers:?}"
+    );
     let cookie = rt.block_on(get_once(active, Some("session=abc; test=true")));
-    assert!(cookie.body.contains("version v2"), "cookie test=true reaches preview: {cookie:?}");
+    assert!(
+        cookie.body.contains("version v2"),
+        "cookie test=true reaches preview: {cookie:?}"
+    );
     let wrong_cookie = rt.block_on(get_once(active, Some("test=false")));
     assert!(wrong_cookie.body.contains("version v1"), "{wrong_cookie:?}");
 
@@ -71,12 +93,23 @@ fn full_cycle_previews_promotes_and_retires_the_old_color() {
     let healthy = sandbox.wait_for("shop", "users on green", |r| {
         r.phase == Phase::Healthy && r.active_color == Some(Color::Green)
     });
-    assert!(healthy.colors.iter().any(|c| c.color == Color::Blue && c.role == "warm"), "{healthy:#?}");
+    assert!(
+        healthy
+            .colors
+            .iter()
+            .any(|c| c.color == Color::Blue && c.role == "warm"),
+        "{healthy:#?}"
+    );
     let users = rt.block_on(get_once(active, None));
-    assert!(users.body.contains("version v2") && users.color.as_deref() == Some("green"), "{users:?}");
+    assert!(
+        users.body.contains("version v2") && users.color.as_deref() == Some("green"),
+        "{users:?}"
+    );
 
     // After the 3 s scale-down delay, blue's processes are gone.
-    let stopped = sandbox.wait_for("shop", "blue stopped", |r| r.colors.iter().all(|c| c.color == Color::Green));
+    let stopped = sandbox.wait_for("shop", "blue stopped", |r| {
+        r.colors.iter().all(|c| c.color == Color::Green)
+    });
     assert_eq!(stopped.colors.len(), 1);
     eventually(Duration::from_secs(10), "blue's processes exit", || {
         blue_pids.iter().all(|pid| !alive(*pid)).then_some(())
@@ -90,7 +123,10 @@ fn full_cycle_previews_promotes_and_retires_the_old_color() {
         "switched users from blue (revision 1) to green (revision 2)",
         "blue (revision 1) stopped",
     ] {
-        assert!(history.contains(expected), "history lacks {expected:?}:\n{history}");
+        assert!(
+            history.contains(expected),
+            "history lacks {expected:?}:\n{history}"
+        );
     }
 }
 
@@ -112,15 +148,25 @@ fn undo_inside_the_delay_switches_back_without_starting_anything() {
     assert_eq!(warm_blue.len(), 2);
 
     let undone = sandbox.teal_ok(&["undo", "undo"]);
-    assert!(undone.contains("undo to revision 1, released as revision 3"), "{undone}");
+    assert!(
+        undone.contains("undo to revision 1, released as revision 3"),
+        "{undone}"
+    );
     assert!(undone.contains("switched users back"), "{undone}");
     let back = sandbox.get("undo");
-    assert_eq!((back.active_color, back.active_revision), (Some(Color::Blue), Some(3)));
+    assert_eq!(
+        (back.active_color, back.active_revision),
+        (Some(Color::Blue), Some(3))
+    );
     eventually(Duration::from_secs(5), "users are back on v1", || {
         let answer = rt.block_on(get_once(active, None));
         answer.body.contains("version v1").then_some(())
     });
-    assert_eq!(pids(&sandbox.get("undo"), Color::Blue), warm_blue, "the warm processes serve again");
+    assert_eq!(
+        pids(&sandbox.get("undo"), Color::Blue),
+        warm_blue,
+        "the warm processes serve again"
+    );
 }
 
 #[test]
@@ -138,12 +184,25 @@ fn a_candidate_that_never_becomes_ready_is_never_promoted() {
     spec.extra_env = vec![("DEMO_NEVER_READY", "true")];
     sandbox.apply_ok("stuck.yaml", &spec.yaml());
     let promote = sandbox.teal_ok(&["promote", "stuck"]);
-    assert!(promote.contains("promoted as soon as it is ready"), "{promote}");
+    assert!(
+        promote.contains("promoted as soon as it is ready"),
+        "{promote}"
+    );
 
-    let degraded = sandbox.wait_for("stuck", "the deadline to pass", |r| r.phase == Phase::Degraded);
+    let degraded = sandbox.wait_for("stuck", "the deadline to pass", |r| {
+        r.phase == Phase::Degraded
+    });
     assert_eq!(degraded.reason.as_deref(), Some("ProgressDeadlineExceeded"));
-    assert!(degraded.message.contains("0/1 ready"), "{}", degraded.message);
-    assert!(degraded.message.contains("503"), "the reason names the failing probe: {}", degraded.message);
+    assert!(
+        degraded.message.contains("0/1 ready"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("503"),
+        "the reason names the failing probe: {}",
+        degraded.message
+    );
     assert_eq!(degraded.active_color, Some(Color::Blue));
     let users = rt.block_on(get_once(active, None));
     assert!(users.body.contains("version v1"), "{users:?}");
@@ -174,7 +233,8 @@ fn refusals_are_one_clear_sentence() {
     let stale = sandbox.teal(&["promote", "svc", "--revision", "1"]);
     assert!(!stale.status.success());
     assert!(
-        String::from_utf8_lossy(&stale.stderr).contains("stale promote: revision 1 is not in preview (revision 2 is)"),
+        String::from_utf8_lossy(&stale.stderr)
+            .contains("stale promote: revision 1 is not in preview (revision 2 is)"),
         "{}",
         String::from_utf8_lossy(&stale.stderr)
     );
@@ -186,7 +246,11 @@ fn refusals_are_one_clear_sentence() {
     let no_token = sandbox.teal(&["--token", "wrong", "abort", "svc"]);
     assert!(!no_token.status.success());
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("needs the API token"));
-    assert_eq!(sandbox.get("svc").preview_revision, Some(2), "the refused abort changed nothing");
+    assert_eq!(
+        sandbox.get("svc").preview_revision,
+        Some(2),
+        "the refused abort changed nothing"
+    );
 }
 
 #[test]
@@ -207,7 +271,11 @@ fn demo_runs_a_full_cycle_and_exits() {
         .output()
         .expect("teal demo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for expected in [
         "✓ v1 is live",
         "✓ v2 is ready in preview",
@@ -215,6 +283,106 @@ fn demo_runs_a_full_cycle_and_exits() {
         "✓ users are on green",
         "✓ users are back on blue",
     ] {
-        assert!(stdout.contains(expected), "demo output lacks {expected:?}:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
     }
+}
+
+#[test]
+fn two_promotes_at_once_are_serialized_and_the_second_is_refused() {
+    let sandbox = Sandbox::start();
+    let mut spec = DemoSpec::new("race", "v1");
+    sandbox.apply_ok("race.yaml", &spec.yaml());
+    sandbox.wait_for("race", "v1 live", |r| r.phase == Phase::Healthy);
+    spec.version = "v2";
+    spec.scale_down_delay = 60;
+    sandbox.apply_ok("race.yaml", &spec.yaml());
+    sandbox.wait_for("race", "v2 paused", |r| r.phase == Phase::Paused);
+
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| sandbox.teal(&["promote", "race", "--revision", "2"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let succeeded = outputs.iter().filter(|o| o.status.success()).count();
+    let refusals: Vec<String> = outputs
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(succeeded, 1, "exactly one promote wins: {refusals:?}");
+    // The loser was judged against the state the winner left: already promoting, or
+    // (when the switch was immediate) nothing left in preview.
+    assert!(
+        refusals[0].contains("already being promoted")
+            || refusals[0].contains("stale promote: revision 2 is not in preview"),
+        "{refusals:?}"
+    );
+    let history = sandbox.teal_ok(&["history", "race"]);
+    assert_eq!(
+        history.matches("revision 2 promoted").count(),
+        1,
+        "{history}"
+    );
+}
+
+#[test]
+fn abort_then_retry_then_delete() {
+    let sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("life", "v1");
+    sandbox.apply_ok("life.yaml", &spec.yaml());
+    let v1 = sandbox.wait_for("life", "v1 live", |r| r.phase == Phase::Healthy);
+    let (active, _) = addresses(&v1);
+    spec.version = "v2";
+    sandbox.apply_ok("life.yaml", &spec.yaml());
+    sandbox.wait_for("life", "v2 paused", |r| r.phase == Phase::Paused);
+
+    sandbox.teal_ok(&["abort", "life"]);
+    let aborted = sandbox.get("life");
+    assert_eq!(
+        (aborted.phase, aborted.reason.as_deref()),
+        (Phase::Degraded, Some("RolloutAborted"))
+    );
+    assert_eq!(aborted.preview_revision, None);
+    let cookie = rt.block_on(get_once(active, Some("test=true")));
+    assert!(
+        cookie.body.contains("version v1"),
+        "after an abort, testers get the stable color too: {cookie:?}"
+    );
+
+    sandbox.teal_ok(&["retry", "life"]);
+    sandbox.wait_for("life", "v2 paused again", |r| {
+        r.phase == Phase::Paused && r.preview_revision == Some(2)
+    });
+
+    let list = sandbox.teal_ok(&["list"]);
+    assert!(
+        list.contains("life") && list.contains("Paused (BlueGreenPause)"),
+        "{list}"
+    );
+
+    let all_pids: Vec<u32> = sandbox
+        .get("life")
+        .colors
+        .iter()
+        .flat_map(|c| c.instances.iter().filter_map(|i| i.pid))
+        .collect();
+    assert_eq!(all_pids.len(), 4);
+    sandbox.teal_ok(&["delete", "life"]);
+    let gone = sandbox.teal(&["get", "life"]);
+    assert!(!gone.status.success());
+    eventually(Duration::from_secs(10), "every instance exits", || {
+        all_pids.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    eventually(Duration::from_secs(5), "the listener closes", || {
+        rt.block_on(tokio::net::TcpStream::connect(active))
+            .is_err()
+            .then_some(())
+    });
+    let history = sandbox.teal_ok(&["history", "life"]);
+    assert!(history.contains("rollout life deleted"), "{history}");
 }

@@ -24,26 +24,47 @@ fn kill_9_mid_cycle_then_restart_resumes_the_cycle() {
 
     sandbox.kill_daemon();
     // The instances outlive the daemon; the listeners do not.
-    assert!(rt.block_on(tokio::net::TcpStream::connect(active)).is_err(), "the proxy died with the daemon");
+    assert!(
+        rt.block_on(tokio::net::TcpStream::connect(active)).is_err(),
+        "the proxy died with the daemon"
+    );
 
     sandbox.start_daemon();
-    eventually(Duration::from_secs(20), "users get v1 again after the restart", || {
-        let answer = rt.block_on(async {
-            let mut connection = Connection::open(active).await.ok()?;
-            connection.get("/", None).await.ok()
-        })?;
-        (answer.status == 200 && answer.body.contains("version v1")).then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "users get v1 again after the restart",
+        || {
+            let answer = rt.block_on(async {
+                let mut connection = Connection::open(active).await.ok()?;
+                connection.get("/", None).await.ok()
+            })?;
+            (answer.status == 200 && answer.body.contains("version v1")).then_some(())
+        },
+    );
     let testers = rt.block_on(get_once(preview, None));
-    assert!(testers.body.contains("version v2"), "the preview resumed: {testers:?}");
+    assert!(
+        testers.body.contains("version v2"),
+        "the preview resumed: {testers:?}"
+    );
     let resumed = sandbox.get("phoenix");
-    assert_eq!((resumed.phase, resumed.preview_revision), (Phase::Paused, Some(2)));
+    assert_eq!(
+        (resumed.phase, resumed.preview_revision),
+        (Phase::Paused, Some(2))
+    );
     let pids = |r: &teal_core::api::RolloutView| {
-        let mut pids: Vec<_> = r.colors.iter().flat_map(|c| c.instances.iter().filter_map(|i| i.pid)).collect();
+        let mut pids: Vec<_> = r
+            .colors
+            .iter()
+            .flat_map(|c| c.instances.iter().filter_map(|i| i.pid))
+            .collect();
         pids.sort();
         pids
     };
-    assert_eq!(pids(&resumed), pids(&paused), "the running instances were adopted, not restarted");
+    assert_eq!(
+        pids(&resumed),
+        pids(&paused),
+        "the running instances were adopted, not restarted"
+    );
 
     sandbox.teal_ok(&["promote", "phoenix"]);
     sandbox.wait_for("phoenix", "users on green", |r| {

@@ -23,7 +23,10 @@ fn a_malformed_spec_names_every_problem_and_changes_nothing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a valid spec"), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
-    assert!(stderr.contains("shop.yaml:6:"), "the unknown field is located: {stderr}");
+    assert!(
+        stderr.contains("shop.yaml:6:"),
+        "the unknown field is located: {stderr}"
+    );
     assert!(stderr.contains("replica"), "{stderr}");
     assert!(
         stderr.contains("spec.strategy.blueGreen.activeService.listen"),
@@ -32,7 +35,11 @@ fn a_malformed_spec_names_every_problem_and_changes_nothing() {
     assert!(stderr.contains("metadata.name"), "{stderr}");
 
     let after = sandbox.get("shop");
-    assert_eq!((after.revision, after.phase), (1, Phase::Healthy), "nothing changed");
+    assert_eq!(
+        (after.revision, after.phase),
+        (1, Phase::Healthy),
+        "nothing changed"
+    );
     let users = rt.block_on(get_once(active, None));
     assert!(users.body.contains("version v1"), "{users:?}");
 }
@@ -48,7 +55,10 @@ fn an_address_in_use_rejects_the_apply_before_anything_is_stored() {
     let output = sandbox.apply("b.yaml", &second.yaml());
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("rollout second: cannot listen on"), "{stderr}");
+    assert!(
+        stderr.contains("rollout second: cannot listen on"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nothing was changed"), "{stderr}");
     let list = sandbox.teal_ok(&["list"]);
     assert!(!list.contains("second"), "{list}");

@@ -30,7 +30,10 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 /// A loopback address that was free a moment ago (for tests that restart the daemon
 /// and need the same address twice).
 pub fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 pub struct Sandbox {
@@ -41,7 +44,10 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts `teal server` in a fresh directory with its API on port 0.
     pub fn start() -> Sandbox {
-        let dir = tempfile::Builder::new().prefix("teal-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("teal-it-")
+            .tempdir()
+            .unwrap();
         let mut sandbox = Sandbox { dir, daemon: None };
         sandbox.start_daemon();
         sandbox
@@ -53,7 +59,8 @@ impl Sandbox {
 
     pub fn start_daemon(&mut self) {
         let _ = std::fs::remove_file(self.data_dir().join("api.addr"));
-        let log = std::fs::File::create(self.data_dir().join(format!("daemon-{}.log", now_ms()))).unwrap();
+        let log = std::fs::File::create(self.data_dir().join(format!("daemon-{}.log", now_ms())))
+            .unwrap();
         let child = Command::new(TEAL)
             .args(["server", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
@@ -63,9 +70,11 @@ impl Sandbox {
             .spawn()
             .expect("the teal binary starts");
         self.daemon = Some(child);
-        eventually(Duration::from_secs(20), "the daemon writes its API address", || {
-            self.data_dir().join("api.addr").exists().then_some(())
-        });
+        eventually(
+            Duration::from_secs(20),
+            "the daemon writes its API address",
+            || self.data_dir().join("api.addr").exists().then_some(()),
+        );
     }
 
     /// kill -9: no shutdown code runs.
@@ -122,7 +131,12 @@ impl Sandbox {
     }
 
     /// Waits until the rollout satisfies `done`; the panic shows its last state.
-    pub fn wait_for(&self, name: &str, what: &str, done: impl Fn(&RolloutView) -> bool) -> RolloutView {
+    pub fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&RolloutView) -> bool,
+    ) -> RolloutView {
         let mut last = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -148,10 +162,17 @@ impl Sandbox {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(self.data_dir())
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("daemon-"))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("daemon-")
+            })
             .collect();
         logs.sort();
-        logs.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 
     /// Every instance process recorded by the platform (to clean up after a kill -9).
@@ -185,7 +206,10 @@ impl Drop for Sandbox {
             let _ = child.wait();
         }
         for pid in self.recorded_pids() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -285,9 +309,10 @@ pub struct Answer {
 impl Connection {
     pub async fn open(address: SocketAddr) -> std::io::Result<Connection> {
         let stream = TcpStream::connect(address).await?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
         tokio::spawn(connection);
         Ok(Connection { sender })
     }
@@ -308,7 +333,12 @@ impl Connection {
             .headers()
             .get("x-teal-color")
             .map(|v| v.to_str().unwrap_or_default().to_owned());
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok(Answer {
             status,
             color,
@@ -324,5 +354,8 @@ pub async fn get_once(address: SocketAddr, cookie: Option<&str>) -> Answer {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }

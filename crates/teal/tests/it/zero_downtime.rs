@@ -17,7 +17,12 @@ struct Tally {
 }
 
 /// `connections` keep-alive clients sending back to back until `stop`.
-fn load(rt: &tokio::runtime::Runtime, address: SocketAddr, connections: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Tally>> {
+fn load(
+    rt: &tokio::runtime::Runtime,
+    address: SocketAddr,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
     (0..connections)
         .map(|_| {
             let stop = stop.clone();
@@ -31,7 +36,9 @@ fn load(rt: &tokio::runtime::Runtime, address: SocketAddr, connections: usize, s
                             Some("green") => tally.ok_green += 1,
                             other => tally.failures.push(format!("no color header: {other:?}")),
                         },
-                        Ok(answer) => tally.failures.push(format!("{} {}", answer.status, answer.body)),
+                        Ok(answer) => tally
+                            .failures
+                            .push(format!("{} {}", answer.status, answer.body)),
                         Err(error) => {
                             tally.failures.push(error);
                             // Count it, then carry on with a new connection.
@@ -65,10 +72,14 @@ fn no_request_fails_through_promote_and_undo() {
     sandbox.apply_ok("busy.yaml", &spec.yaml());
     sandbox.wait_for("busy", "v2 in preview", |r| r.phase == Phase::Paused);
     sandbox.teal_ok(&["promote", "busy"]);
-    sandbox.wait_for("busy", "users on green", |r| r.active_color == Some(Color::Green));
+    sandbox.wait_for("busy", "users on green", |r| {
+        r.active_color == Some(Color::Green)
+    });
     std::thread::sleep(std::time::Duration::from_millis(500));
     sandbox.teal_ok(&["undo", "busy"]);
-    sandbox.wait_for("busy", "users back on blue", |r| r.active_color == Some(Color::Blue));
+    sandbox.wait_for("busy", "users back on blue", |r| {
+        r.active_color == Some(Color::Blue)
+    });
     std::thread::sleep(std::time::Duration::from_millis(500));
 
     stop.store(true, Ordering::Relaxed);
@@ -79,6 +90,13 @@ fn no_request_fails_through_promote_and_undo() {
         total.ok_green += tally.ok_green;
         total.failures.extend(tally.failures);
     }
-    assert!(total.failures.is_empty(), "failed requests: {:?}", total.failures);
-    assert!(total.ok_blue > 50 && total.ok_green > 50, "both colors served: {total:?}");
+    assert!(
+        total.failures.is_empty(),
+        "failed requests: {:?}",
+        total.failures
+    );
+    assert!(
+        total.ok_blue > 50 && total.ok_green > 50,
+        "both colors served: {total:?}"
+    );
 }
