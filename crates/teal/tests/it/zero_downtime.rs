@@ -57,10 +57,21 @@ fn load(
 
 #[test]
 fn no_request_fails_through_promote_and_undo() {
+    promote_and_undo_under_load(30);
+}
+
+/// Without a scale-down delay the old color is drained and stopped right after each
+/// switch: the drain is all that stands between its in-flight requests and SIGTERM.
+#[test]
+fn no_request_fails_when_the_old_color_stops_at_the_switch() {
+    promote_and_undo_under_load(0);
+}
+
+fn promote_and_undo_under_load(scale_down_delay: u32) {
     let sandbox = Sandbox::start();
     let rt = runtime();
     let mut spec = DemoSpec::new("busy", "v1");
-    spec.scale_down_delay = 30;
+    spec.scale_down_delay = scale_down_delay;
     sandbox.apply_ok("busy.yaml", &spec.yaml());
     let live = sandbox.wait_for("busy", "v1 live", |r| r.phase == Phase::Healthy);
     let active: SocketAddr = live.active_listen.parse().unwrap();
@@ -77,6 +88,11 @@ fn no_request_fails_through_promote_and_undo() {
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     sandbox.teal_ok(&["undo", "busy"]);
+    if scale_down_delay == 0 {
+        // Nothing is warm: the undo is a release like any other.
+        sandbox.wait_for("busy", "v1 again in preview", |r| r.phase == Phase::Paused);
+        sandbox.teal_ok(&["promote", "busy"]);
+    }
     sandbox.wait_for("busy", "users back on blue", |r| {
         r.active_color == Some(Color::Blue)
     });
