@@ -179,6 +179,10 @@ pub struct Proxy {
     routes: ArcSwap<RouteTable>,
     /// Indexed by [`color_index`].
     colors: [Arc<ColorState>; 2],
+    /// Tables swapped out while requests routed by them may still be between loading
+    /// the table and counting themselves in flight (each request holds its table until
+    /// its response head is returned, by which time it counts as in flight).
+    retired: std::sync::Mutex<Vec<Arc<RouteTable>>>,
     client: Client<HttpConnector, UpstreamBody>,
     upstream_timeout: Duration,
 }
@@ -212,6 +216,7 @@ impl Proxy {
             rollout: rollout.to_owned(),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             colors: [Arc::new(ColorState::new()), Arc::new(ColorState::new())],
+            retired: std::sync::Mutex::new(Vec::new()),
             client,
             upstream_timeout,
         })
@@ -226,7 +231,17 @@ impl Proxy {
     /// old table finish by it; every later request, on any connection, uses the new one.
     pub fn set_routes(&self, routes: RouteTable) {
         debug!(rollout = %self.rollout, ?routes, "route table swapped");
-        self.routes.store(Arc::new(routes));
+        let old = self.routes.swap(Arc::new(routes));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|table| Arc::strong_count(table) > 1);
+        retired.push(old);
+    }
+
+    /// True once no request routed by a swapped-out table is still being routed.
+    fn old_tables_released(&self) -> bool {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|table| Arc::strong_count(table) > 1);
+        retired.is_empty()
     }
 
     /// The route table requests are routed by now.
@@ -243,13 +258,18 @@ impl Proxy {
     /// Waits until nothing is in flight on the color, or the timeout passes. True when
     /// drained. Call it after swapping the color out of the route table; it does not
     /// stop new requests from being routed to the color. A request that loaded the
-    /// old table an instant before the swap may be counted an instant after drain
-    /// saw zero; the scale-down delay before stopping the color covers that.
+    /// old table an instant before the swap is waited for too: drain first waits until
+    /// every request routed by an older table has counted itself in flight.
     pub async fn drain(&self, color: Color, timeout: Duration) -> bool {
+        let drained = async {
+            // Routing takes microseconds, so a short poll is cheap and rare.
+            while !self.old_tables_released() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            self.state(color).wait_idle().await
+        };
         // tokio's timeout copes with durations too large to add to "now".
-        tokio::time::timeout(timeout, self.state(color).wait_idle())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, drained).await.is_ok()
     }
 
     /// The color's counters since the proxy was created.
@@ -269,14 +289,15 @@ impl Proxy {
         client: SocketAddr,
     ) -> Response<ResponseBody> {
         // The one load of this request: it is routed by this snapshot, whatever
-        // set_routes does meanwhile. load_full (not load) because the snapshot is held
-        // across awaits.
+        // set_routes does meanwhile. The request holds the table until it counts as in
+        // flight, which is what lets `drain` know no routing by an old table is pending.
         let table = self.routes.load_full();
         let (route, backend) = routing::choose(&table, role, request.headers());
+        let backend = backend.cloned();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
 
-        let Some(backend) = backend else {
+        let Some(backend) = backend.as_ref() else {
             let failure = self.no_instance(route, "no revision is deployed yet".to_owned());
             debug!(rollout = %self.rollout, %method, %path, route = route.as_str(), "no backend");
             return failure_response(failure, None);
@@ -299,6 +320,7 @@ impl Proxy {
         // on this color. If the client goes away before the response, hyper drops this
         // future and the guard with it.
         let guard = InFlight::enter(state);
+        drop(table);
         match self.forward(request, backend, client).await {
             Ok((instance, response)) => {
                 let (mut parts, body) = response.into_parts();
