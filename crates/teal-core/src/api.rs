@@ -100,6 +100,8 @@ pub struct RolloutView {
     pub colors: Vec<ColorView>,
     /// When the status last changed (ms since the epoch).
     pub updated_at_ms: u64,
+    /// Traffic per color over the last 10 seconds, as teal's proxy measured it.
+    pub traffic: Vec<ColorTraffic>,
     /// The state machine's status as stored.
     pub status: Status,
 }
@@ -174,4 +176,40 @@ pub struct HistoryView {
     pub revisions: Vec<RevisionView>,
     /// Events, oldest first.
     pub events: Vec<HistoryEntry>,
+}
+
+/// Traffic one color served over a window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColorTraffic {
+    /// The color.
+    pub color: Color,
+    /// The revision it served (0 when it was not routed).
+    pub revision: Revision,
+    /// Requests per second over the window.
+    pub requests_per_second: f64,
+    /// Share of responses that were not 5xx; None without responses.
+    pub success_rate: Option<f64>,
+    /// 99th percentile of the time to the response head, in ms; None without
+    /// responses.
+    pub p99_ms: Option<f64>,
+    /// Requests in flight at the end of the window.
+    pub in_flight: u64,
+}
+
+/// One point of the traffic history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSample {
+    /// End of the sample's window (ms since the epoch).
+    pub at_ms: u64,
+    /// One entry per color that served or was routed.
+    pub colors: Vec<ColorTraffic>,
+}
+
+/// `GET /api/v1/rollouts/{name}/traffic`: the last minutes, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrafficView {
+    /// The length of each sample's window.
+    pub interval_ms: u64,
+    /// The samples.
+    pub samples: Vec<TrafficSample>,
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod color;
+pub mod metrics;
 pub mod rollout;
 pub mod spec;
 pub mod world;

@@ -102,6 +102,12 @@ pub struct Status {
     pub candidate: Option<Candidate>,
     /// The previous stable color while it stays warm.
     pub retiring: Option<Retiring>,
+    /// Times users were switched to another color (promotions and instant undos).
+    #[serde(default)]
+    pub switches: u64,
+    /// Times a candidate was aborted.
+    #[serde(default)]
+    pub aborts: u64,
 }
 
 /// The knobs of the spec that the state machine reads.
@@ -350,6 +356,7 @@ impl Status {
             });
             self.stable = Some(back);
             self.stable_ready = warm.ready;
+            self.switches += 1;
             return;
         }
 
@@ -466,6 +473,7 @@ impl Status {
             return Err(Refusal::AlreadyAborted { revision });
         }
         notes.push(format!("revision {revision} aborted: {reason}"));
+        self.aborts += 1;
         candidate.enter(
             Stage::Aborted {
                 stopped: false,
@@ -571,6 +579,7 @@ impl Status {
         let old = self.stable.replace(candidate.slot.clone());
         match old {
             Some(old) => {
+                self.switches += 1;
                 notes.push(format!(
                     "switched users from {old} to {}; {} stays warm for {}",
                     candidate.slot,

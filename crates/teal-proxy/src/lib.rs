@@ -29,7 +29,10 @@ use std::net::SocketAddr;
 use teal_core::Color;
 use teal_core::spec::PreviewMatch;
 
-pub use proxy::{CONNECT_TIMEOUT, ColorStats, POOL_IDLE_TIMEOUT, Proxy, UPSTREAM_HEADER_TIMEOUT};
+pub use proxy::{
+    CONNECT_TIMEOUT, ColorStats, LATENCY_BUCKETS_MS, POOL_IDLE_TIMEOUT, Proxy,
+    UPSTREAM_HEADER_TIMEOUT,
+};
 pub use server::{SHUTDOWN_GRACE, serve};
 
 /// The ready instances of one color at one revision.

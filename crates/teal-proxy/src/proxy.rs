@@ -47,9 +47,27 @@ const X_TEAL_REASON: HeaderName = HeaderName::from_static("x-teal-reason");
 /// retried (only bodiless requests are, so the retry can send the same nothing again).
 type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
+/// Upper bounds, in milliseconds, of the latency histogram's buckets; a last bucket
+/// holds everything slower. Fine at the low end, where loopback services live, so a
+/// p99 read from the buckets is close to the truth.
+pub const LATENCY_BUCKETS_MS: [f64; 24] = [
+    0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
+    500.0, 750.0, 1000.0, 1500.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
+
+/// Buckets including the last, unbounded one.
+const BUCKETS: usize = LATENCY_BUCKETS_MS.len() + 1;
+
 /// Counters of one color since the proxy started. A snapshot; see [`Proxy::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ColorStats {
+    /// Requests being served now.
+    pub in_flight: u64,
+    /// Responses by how long the response head took, per bucket of
+    /// [`LATENCY_BUCKETS_MS`] (not cumulative); the last entry counts the slower ones.
+    pub latency_buckets: [u64; BUCKETS],
+    /// Sum of those latencies, in microseconds.
+    pub latency_sum_micros: u64,
     /// Requests routed to this color.
     pub requests: u64,
     /// Responses with a 2xx status.
@@ -79,6 +97,8 @@ pub(crate) struct ColorState {
     responses_4xx: AtomicU64,
     responses_5xx: AtomicU64,
     proxy_errors: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS],
+    latency_sum_micros: AtomicU64,
 }
 
 impl ColorState {
@@ -93,10 +113,22 @@ impl ColorState {
             responses_4xx: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_micros: AtomicU64::new(0),
         }
     }
 
-    fn record(&self, status: StatusCode, by_teal: bool) {
+    fn record(&self, status: StatusCode, by_teal: bool, latency: Duration) {
+        let ms = latency.as_secs_f64() * 1000.0;
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(BUCKETS - 1);
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            latency.as_micros().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let class = match status.as_u16() {
             200..=299 => &self.responses_2xx,
             300..=399 => &self.responses_3xx,
@@ -119,6 +151,11 @@ impl ColorState {
             responses_4xx: self.responses_4xx.load(Ordering::Relaxed),
             responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
             proxy_errors: self.proxy_errors.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            latency_buckets: std::array::from_fn(|i| {
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            }),
+            latency_sum_micros: self.latency_sum_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -291,6 +328,7 @@ impl Proxy {
         // The one load of this request: it is routed by this snapshot, whatever
         // set_routes does meanwhile. The request holds the table until it counts as in
         // flight, which is what lets `drain` know no routing by an old table is pending.
+        let started = std::time::Instant::now();
         let table = self.routes.load_full();
         let (route, backend) = routing::choose(&table, role, request.headers());
         let backend = backend.cloned();
@@ -312,7 +350,7 @@ impl Proxy {
             );
             let failure = self.no_instance(route, detail);
             debug!(rollout = %self.rollout, %method, %path, route = route.as_str(), color = %backend.color, "no ready instance");
-            state.record(failure.status, true);
+            state.record(failure.status, true, started.elapsed());
             return failure_response(failure, Some(backend));
         }
 
@@ -329,7 +367,7 @@ impl Proxy {
                 // the instance spoke (hyper adapts it for HTTP/1.0 clients).
                 parts.version = Version::HTTP_11;
                 label(&mut parts.headers, backend);
-                state.record(parts.status, false);
+                state.record(parts.status, false, started.elapsed());
                 debug!(
                     rollout = %self.rollout, %method, %path, route = route.as_str(),
                     color = %backend.color, revision = backend.revision, %instance,
@@ -338,7 +376,7 @@ impl Proxy {
                 Response::from_parts(parts, ResponseBody::upstream(body, guard))
             }
             Err(failure) => {
-                state.record(failure.status, true);
+                state.record(failure.status, true, started.elapsed());
                 failure_response(failure, Some(backend))
             }
         }

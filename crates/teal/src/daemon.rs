@@ -7,6 +7,7 @@
 
 mod listeners;
 mod reconciler;
+mod traffic;
 mod view;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ struct Runtime {
     routes: Mutex<(Option<Color>, Option<Color>)>,
     /// Dropped to stop the reconciler.
     stop: watch::Sender<bool>,
+    /// Readings of the proxy's counters, for rates and latencies.
+    traffic: Mutex<traffic::TrafficLog>,
 }
 
 /// The daemon's shared state.
@@ -102,7 +105,42 @@ impl Daemon {
             };
             daemon.install(&name, listeners);
         }
+        tokio::spawn(sample_traffic(Arc::downgrade(&daemon)));
         Ok(daemon)
+    }
+
+    /// The traffic history of one rollout.
+    pub fn traffic(&self, name: &str) -> Result<teal_core::api::TrafficView, DaemonError> {
+        self.stored(name)?;
+        Ok(self
+            .runtime(name)
+            .map(|runtime| runtime.traffic.lock().expect("traffic lock").view())
+            .unwrap_or(teal_core::api::TrafficView {
+                interval_ms: traffic::INTERVAL_MS,
+                samples: Vec::new(),
+            }))
+    }
+
+    /// Per rollout: its view, and per color its cumulative proxy counters.
+    pub fn metrics(
+        &self,
+    ) -> Result<Vec<(RolloutView, Vec<(Color, teal_proxy::ColorStats)>)>, DaemonError> {
+        let rollouts = self.list()?;
+        Ok(rollouts
+            .into_iter()
+            .map(|view| {
+                let stats = self
+                    .runtime(&view.name)
+                    .map(|runtime| {
+                        Color::ALL
+                            .into_iter()
+                            .map(|c| (c, runtime.proxy.stats(c)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (view, stats)
+            })
+            .collect())
     }
 
     /// A receiver that changes whenever any rollout's status changes.
@@ -128,6 +166,7 @@ impl Daemon {
             listeners: Mutex::new(Listeners::none()),
             routes: Mutex::new((None, None)),
             stop,
+            traffic: Mutex::new(traffic::TrafficLog::default()),
         });
         listeners.serve(
             &proxy,
@@ -522,4 +561,31 @@ fn apply_rollout(
         outcome,
         revision: Some(status.revision),
     })
+}
+
+/// Reads every proxy's counters once a second until the daemon is gone.
+async fn sample_traffic(daemon: std::sync::Weak<Daemon>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(traffic::INTERVAL_MS));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        let runtimes: Vec<_> = daemon
+            .runtimes
+            .lock()
+            .expect("runtimes lock")
+            .values()
+            .cloned()
+            .collect();
+        let now = now_ms();
+        for runtime in runtimes {
+            runtime
+                .traffic
+                .lock()
+                .expect("traffic lock")
+                .record(&runtime.proxy, now);
+        }
+    }
 }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod demo_app;
+pub mod metrics;
 pub mod render;
 pub mod server;
 pub mod store;

@@ -145,6 +145,9 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{name}", get(get_one).delete(delete_one))
         .route("/api/v1/rollouts/{name}/history", get(history))
         .route("/api/v1/rollouts/{name}/logs", get(logs))
+        .route("/api/v1/rollouts/{name}/traffic", get(traffic))
+        .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .route("/api/v1/apply", post(apply))
         .route("/api/v1/rollouts/{name}/promote", post(promote))
         .route("/api/v1/rollouts/{name}/abort", post(abort))
@@ -238,6 +241,72 @@ async fn history(
     UrlPath(name): UrlPath<String>,
 ) -> Reply<teal_core::api::HistoryView> {
     state.daemon.history(&name).map(Json)
+}
+
+async fn traffic(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Reply<teal_core::api::TrafficView> {
+    state.daemon.traffic(&name).map(Json)
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, DaemonError> {
+    let text = crate::metrics::render(&state.daemon.metrics()?);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// How often the event stream repeats the list when nothing changed, so traffic
+/// figures stay fresh and a dead connection is noticed.
+const EVENTS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Server-sent events: `event: rollouts` with every rollout, at once, on every change,
+/// and every couple of seconds.
+async fn events(State(state): State<AppState>) -> Response {
+    let changes = state.daemon.subscribe();
+    let stream = futures_util::stream::unfold(
+        (state.daemon.clone(), changes, true),
+        |(daemon, mut changes, first)| async move {
+            if !first {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    _ = tokio::time::sleep(EVENTS_REFRESH) => {}
+                }
+            }
+            let payload = match daemon.list() {
+                Ok(rollouts) => {
+                    serde_json::to_string(&rollouts).unwrap_or_else(|_| "[]".to_owned())
+                }
+                Err(error) => {
+                    tracing::error!("event stream: {error}");
+                    "[]".to_owned()
+                }
+            };
+            let event = Bytes::from(format!("event: rollouts\ndata: {payload}\n\n"));
+            Some((Ok::<_, Infallible>(event), (daemon, changes, false)))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot build the event stream".to_owned(),
+                Vec::new(),
+            )
+        })
 }
 
 async fn apply(

@@ -628,3 +628,23 @@ fn messages_say_what_blocks_progress() {
         "green (revision 2) is ready in preview; waiting for promote"
     );
 }
+
+#[test]
+fn switches_and_aborts_are_counted() {
+    let policy = policy();
+    assert_eq!(
+        healthy_on_blue().switches,
+        0,
+        "the first release is not a switch"
+    );
+    let switched = switched_to_green();
+    assert_eq!(switched.switches, 1);
+    let (undone, _) = run(
+        switched,
+        &policy,
+        vec![(100, ready(Blue, "a", 2)), (200, applied(3, "a"))],
+    );
+    assert_eq!(undone.switches, 2, "an instant undo is a switch");
+    let (aborted, _) = run(paused_on_green(), &policy, vec![(20, abort())]);
+    assert_eq!((aborted.switches, aborted.aborts), (0, 1));
+}

@@ -112,6 +112,10 @@ impl Daemon {
             preview_match,
             colors,
             updated_at_ms: stored.updated_at,
+            traffic: runtime
+                .as_ref()
+                .map(|r| r.traffic.lock().expect("traffic lock").summary())
+                .unwrap_or_default(),
             status: status.clone(),
         }
     }

@@ -4,6 +4,7 @@
 mod support;
 
 mod cycle;
+mod observe;
 mod recovery;
 mod specs;
 mod zero_downtime;

@@ -1,0 +1,152 @@
+//! The daemon's `/metrics`, in Prometheus' text format.
+
+use teal_core::Color;
+use teal_core::api::RolloutView;
+use teal_core::rollout::Phase;
+use teal_proxy::{ColorStats, LATENCY_BUCKETS_MS};
+
+/// One metric family: its header and its samples, written together as the format
+/// requires.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<String>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, suffix: &str, labels: &str, value: impl std::fmt::Display) {
+        self.samples
+            .push(format!("{}{suffix}{{{labels}}} {value}", self.name));
+    }
+}
+
+/// Renders every rollout's state and its proxy's counters.
+pub fn render(rollouts: &[(RolloutView, Vec<(Color, ColorStats)>)]) -> String {
+    let mut phase = Family::new(
+        "teal_rollout_phase",
+        "gauge",
+        "1 for the rollout's current phase.",
+    );
+    let mut revision = Family::new(
+        "teal_rollout_revision",
+        "gauge",
+        "The newest revision of the rollout.",
+    );
+    let mut active = Family::new(
+        "teal_rollout_active_revision",
+        "gauge",
+        "The revision users are routed to.",
+    );
+    let mut switches = Family::new(
+        "teal_rollout_switches_total",
+        "counter",
+        "Times users were switched to another color.",
+    );
+    let mut aborts = Family::new(
+        "teal_rollout_aborts_total",
+        "counter",
+        "Times a candidate was aborted.",
+    );
+    let mut instances = Family::new("teal_instances", "gauge", "Wanted instances per color.");
+    let mut ready = Family::new(
+        "teal_instances_ready",
+        "gauge",
+        "Ready instances per color.",
+    );
+    let mut requests = Family::new(
+        "teal_proxy_requests_total",
+        "counter",
+        "Requests routed to a color.",
+    );
+    let mut responses = Family::new(
+        "teal_proxy_responses_total",
+        "counter",
+        "Responses by status class.",
+    );
+    let mut errors = Family::new(
+        "teal_proxy_errors_total",
+        "counter",
+        "502/503/504 answers teal made itself.",
+    );
+    let mut in_flight = Family::new("teal_proxy_in_flight", "gauge", "Requests being served.");
+    let mut latency = Family::new(
+        "teal_proxy_response_seconds",
+        "histogram",
+        "Time to the response head.",
+    );
+
+    for (view, stats) in rollouts {
+        let rollout = format!("rollout=\"{}\"", view.name);
+        for candidate in [
+            Phase::Healthy,
+            Phase::Progressing,
+            Phase::Paused,
+            Phase::Degraded,
+        ] {
+            let labels = format!("{rollout},phase=\"{candidate}\"");
+            phase.sample("", &labels, u8::from(view.phase == candidate));
+        }
+        revision.sample("", &rollout, view.revision);
+        active.sample("", &rollout, view.active_revision.unwrap_or(0));
+        switches.sample("", &rollout, view.status.switches);
+        aborts.sample("", &rollout, view.status.aborts);
+        for color in &view.colors {
+            let labels = format!(
+                "{rollout},color=\"{}\",revision=\"{}\"",
+                color.color, color.revision
+            );
+            instances.sample("", &labels, color.replicas);
+            ready.sample("", &labels, color.ready);
+        }
+        for (color, stat) in stats {
+            let labels = format!("{rollout},color=\"{color}\"");
+            requests.sample("", &labels, stat.requests);
+            for (class, count) in [
+                ("2xx", stat.responses_2xx),
+                ("3xx", stat.responses_3xx),
+                ("4xx", stat.responses_4xx),
+                ("5xx", stat.responses_5xx),
+            ] {
+                responses.sample("", &format!("{labels},class=\"{class}\""), count);
+            }
+            errors.sample("", &labels, stat.proxy_errors);
+            in_flight.sample("", &labels, stat.in_flight);
+            let mut cumulative = 0;
+            for (index, count) in stat.latency_buckets.iter().enumerate() {
+                cumulative += count;
+                let le = LATENCY_BUCKETS_MS
+                    .get(index)
+                    .map_or("+Inf".to_owned(), |ms| (ms / 1000.0).to_string());
+                latency.sample("_bucket", &format!("{labels},le=\"{le}\""), cumulative);
+            }
+            latency.sample("_sum", &labels, stat.latency_sum_micros as f64 / 1e6);
+            latency.sample("_count", &labels, cumulative);
+        }
+    }
+
+    let mut out = String::new();
+    for family in [
+        phase, revision, active, switches, aborts, instances, ready, requests, responses, errors,
+        in_flight, latency,
+    ] {
+        out.push_str(&format!(
+            "# HELP {} {}\n# TYPE {} {}\n",
+            family.name, family.help, family.name, family.kind
+        ));
+        for sample in family.samples {
+            out.push_str(&sample);
+            out.push('\n');
+        }
+    }
+    out
+}
