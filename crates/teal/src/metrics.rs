@@ -5,6 +5,9 @@ use teal_core::api::RolloutView;
 use teal_core::rollout::Phase;
 use teal_proxy::{ColorStats, LATENCY_BUCKETS_MS};
 
+/// A rollout as shown, with its proxy's counters per color.
+pub type RolloutMetrics = (RolloutView, Vec<(Color, ColorStats)>);
+
 /// One metric family: its header and its samples, written together as the format
 /// requires.
 struct Family {
@@ -31,7 +34,7 @@ impl Family {
 }
 
 /// Renders every rollout's state and its proxy's counters.
-pub fn render(rollouts: &[(RolloutView, Vec<(Color, ColorStats)>)]) -> String {
+pub fn render(rollouts: &[RolloutMetrics]) -> String {
     let mut phase = Family::new(
         "teal_rollout_phase",
         "gauge",
