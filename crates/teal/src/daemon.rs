@@ -122,9 +122,7 @@ impl Daemon {
     }
 
     /// Per rollout: its view, and per color its cumulative proxy counters.
-    pub fn metrics(
-        &self,
-    ) -> Result<Vec<(RolloutView, Vec<(Color, teal_proxy::ColorStats)>)>, DaemonError> {
+    pub fn metrics(&self) -> Result<Vec<crate::metrics::RolloutMetrics>, DaemonError> {
         let rollouts = self.list()?;
         Ok(rollouts
             .into_iter()
