@@ -97,8 +97,8 @@ impl Daemon {
             let listeners = match Listeners::bind(&stored.spec, None).await {
                 Ok(listeners) => listeners,
                 Err(error) => {
-                    tracing::error!(
-                        "rollout {name}: {error:#}; it runs without listeners until it is applied again"
+                    tracing::warn!(
+                        "rollout {name}: {error:#}; the reconciler keeps trying to bind it"
                     );
                     listeners::Pending::nothing()
                 }

@@ -19,6 +19,14 @@ pub struct Addresses {
     preview: Option<SocketAddr>,
 }
 
+impl Addresses {
+    /// True when these are the addresses `spec` asks for.
+    pub fn matches(&self, spec: &RolloutSpec) -> bool {
+        self.active == Some(spec.strategy.active_listen)
+            && self.preview == spec.strategy.preview_listen
+    }
+}
+
 /// One listener being served; dropping it stops accepting.
 struct Served {
     configured: SocketAddr,

@@ -12,6 +12,7 @@ use teal_platform::{GroupKey, GroupSpec, GroupStatus};
 use teal_proxy::{Backend, RouteTable};
 use tokio::sync::watch;
 
+use super::listeners::Listeners;
 use super::{Daemon, Runtime, now_ms};
 
 /// Even with nothing to wake it, a reconciler looks again this often.
@@ -50,7 +51,7 @@ pub(super) async fn run(
 
 /// One pass; returns when time alone will change something.
 async fn pass(daemon: &Daemon, name: &str, runtime: &Runtime) -> anyhow::Result<Option<u64>> {
-    let Some((spec, status)) = decide(daemon, name).await? else {
+    let Some((spec, status)) = decide(daemon, name, runtime).await? else {
         return Ok(None);
     };
     let policy = Policy::from(&spec);
@@ -72,11 +73,16 @@ async fn pass(daemon: &Daemon, name: &str, runtime: &Runtime) -> anyhow::Result<
 
 /// Feeds what the platform sees and the time to the state machine; stores a changed
 /// status before acting on it.
-async fn decide(daemon: &Daemon, name: &str) -> anyhow::Result<Option<(RolloutSpec, Status)>> {
+async fn decide(
+    daemon: &Daemon,
+    name: &str,
+    runtime: &Runtime,
+) -> anyhow::Result<Option<(RolloutSpec, Status)>> {
     let _decision = daemon.decisions.lock().await;
     let Some(stored) = daemon.store.rollout(name)? else {
         return Ok(None);
     };
+    ensure_listeners(name, runtime, &stored.spec).await;
     let policy = Policy::from(&stored.spec);
     let now = now_ms();
     let mut status = stored.status.clone();
@@ -114,6 +120,30 @@ async fn decide(daemon: &Daemon, name: &str) -> anyhow::Result<Option<(RolloutSp
         daemon.changes.send_modify(|n| *n += 1);
     }
     Ok(Some((stored.spec, status)))
+}
+
+/// Binds the listeners the spec asks for that are not served (an address that was
+/// taken when the daemon started, say). Runs under `decisions`, so it never races an
+/// apply binding the same address.
+async fn ensure_listeners(name: &str, runtime: &Runtime, spec: &RolloutSpec) {
+    let current = runtime
+        .listeners
+        .lock()
+        .expect("listeners lock")
+        .addresses();
+    if current.matches(spec) {
+        return;
+    }
+    match Listeners::bind(spec, Some(&current)).await {
+        Ok(pending) => {
+            pending.serve(
+                &runtime.proxy,
+                &mut runtime.listeners.lock().expect("listeners lock"),
+            );
+            tracing::info!("rollout {name}: listening again");
+        }
+        Err(error) => tracing::warn!("rollout {name}: {error:#}; retrying"),
+    }
 }
 
 fn deployment_of(groups: &[GroupStatus], color: Color) -> Option<Deployment> {

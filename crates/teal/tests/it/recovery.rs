@@ -73,3 +73,33 @@ fn kill_9_mid_cycle_then_restart_resumes_the_cycle() {
     let users = rt.block_on(get_once(active, None));
     assert!(users.body.contains("version v2"), "{users:?}");
 }
+
+#[test]
+fn a_listener_taken_at_restart_is_bound_once_it_is_free() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("patient", "v1");
+    spec.active = free_address().to_string();
+    sandbox.apply_ok("patient.yaml", &spec.yaml());
+    sandbox.wait_for("patient", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: std::net::SocketAddr = spec.active.parse().unwrap();
+
+    sandbox.kill_daemon();
+    let squatter = std::net::TcpListener::bind(active).expect("the address is free after the kill");
+    sandbox.start_daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        sandbox.get("patient").phase,
+        Phase::Healthy,
+        "the daemon came up anyway"
+    );
+    drop(squatter);
+
+    eventually(Duration::from_secs(15), "users are served again", || {
+        let answer = rt.block_on(async {
+            let mut connection = Connection::open(active).await.ok()?;
+            connection.get("/", None).await.ok()
+        })?;
+        answer.body.contains("version v1").then_some(())
+    });
+}
