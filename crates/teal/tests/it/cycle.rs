@@ -386,3 +386,56 @@ fn abort_then_retry_then_delete() {
     let history = sandbox.teal_ok(&["history", "life"]);
     assert!(history.contains("rollout life deleted"), "{history}");
 }
+
+#[test]
+fn logs_follow_streams_new_instances_as_they_start() {
+    use std::io::BufRead;
+    let sandbox = Sandbox::start();
+    let mut spec = DemoSpec::new("tail", "v1");
+    spec.replicas = 1;
+    sandbox.apply_ok("tail.yaml", &spec.yaml());
+    sandbox.wait_for("tail", "v1 live", |r| r.phase == Phase::Healthy);
+
+    let mut follower = std::process::Command::new(TEAL)
+        .arg("--data-dir")
+        .arg(sandbox.data_dir())
+        .args(["logs", "tail", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for_line = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = received.recv_timeout(Duration::from_millis(200))
+                && line.contains(needle)
+            {
+                return line;
+            }
+        }
+        panic!("no log line with {needle:?}");
+    };
+    let blue = wait_for_line("demo-app v1 (blue) listening");
+    assert!(
+        blue.starts_with("[tail-blue-r1-1] "),
+        "lines are tagged with their instance: {blue}"
+    );
+
+    spec.version = "v2";
+    sandbox.apply_ok("tail.yaml", &spec.yaml());
+    let green = wait_for_line("demo-app v2 (green) listening");
+    assert!(green.starts_with("[tail-green-r2-1] "), "{green}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
