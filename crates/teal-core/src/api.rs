@@ -96,6 +96,9 @@ pub struct RolloutView {
     pub preview_listen: Option<String>,
     /// How requests on the active listener reach the preview, e.g. `cookie test=true`.
     pub preview_match: Vec<String>,
+    /// Where the proxy sends each route right now. It follows the status within a
+    /// reconcile pass, so scripts that must know users moved wait for this.
+    pub routes: RoutesView,
     /// Both colors, blue first; a color that runs nothing is left out.
     pub colors: Vec<ColorView>,
     /// When the status last changed (ms since the epoch).
@@ -104,6 +107,22 @@ pub struct RolloutView {
     pub traffic: Vec<ColorTraffic>,
     /// The state machine's status as stored.
     pub status: Status,
+}
+
+/// The colors the proxy routes to now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesView {
+    /// The users' route.
+    pub active: Option<Color>,
+    /// The testers' route; None: they get the active color.
+    pub preview: Option<Color>,
+}
+
+impl RoutesView {
+    /// The color testers reach.
+    pub fn effective_preview(&self) -> Option<Color> {
+        self.preview.or(self.active)
+    }
 }
 
 /// What one color runs and which routes send traffic to it.
@@ -185,6 +204,10 @@ pub struct ColorTraffic {
     pub color: Color,
     /// The revision it served (0 when it was not routed).
     pub revision: Revision,
+    /// Requests routed to the color in the window.
+    pub requests: u64,
+    /// Of its responses, how many were 5xx.
+    pub errors: u64,
     /// Requests per second over the window.
     pub requests_per_second: f64,
     /// Share of responses that were not 5xx; None without responses.

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod dashboard;
 pub mod demo;
 pub mod demo_app;
 pub mod metrics;

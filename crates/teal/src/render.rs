@@ -1,8 +1,11 @@
 //! Text output for people. Scripts use `-o json`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use teal_core::api::{ApplyResponse, HistoryView, RolloutView};
+use teal_core::Color;
+use teal_core::api::{ApplyResponse, ColorView, HistoryView, InstanceView, RolloutView};
+use teal_core::rollout::{Phase, Revision};
 
 /// `Paused (BlueGreenPause)`.
 pub fn phase(rollout: &RolloutView) -> String {
@@ -68,67 +71,406 @@ pub fn list(rollouts: &[RolloutView], now_ms: u64) -> String {
     out
 }
 
-/// One rollout in detail.
+/// Each revision's command line (from the history), for the tree's header.
+pub type Commands = BTreeMap<Revision, String>;
+
+/// The command lines of every revision in a history.
+pub fn commands(history: &HistoryView) -> Commands {
+    history
+        .revisions
+        .iter()
+        .map(|r| (r.revision, command_line(&r.command)))
+        .collect()
+}
+
+/// A command as a shell would need it typed: arguments with spaces or quotes quoted.
+pub fn command_line(args: &[String]) -> String {
+    args.iter()
+        .map(|arg| {
+            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"\\".contains(c)) {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            } else {
+                arg.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How text is painted: ANSI colors for a terminal, plain text otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    ansi: bool,
+}
+
+impl Style {
+    /// No escapes at all.
+    pub const PLAIN: Style = Style { ansi: false };
+
+    /// Colors when writing to a terminal, unless `NO_COLOR` is set (https://no-color.org).
+    pub fn detect(terminal: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            ansi: terminal && !no_color,
+        }
+    }
+
+    /// Whether this style writes escapes.
+    pub fn is_ansi(self) -> bool {
+        self.ansi
+    }
+
+    fn paint(self, sgr: &str, text: &str) -> String {
+        if self.ansi && !sgr.is_empty() && !text.is_empty() {
+            format!("\x1b[{sgr}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+const BOLD: &str = "1";
+
+/// A status symbol and its color.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// ✔ healthy, ready.
+    Ok,
+    /// ◌ starting, progressing, not ready yet.
+    Waiting,
+    /// ॥ waiting for a person.
+    Paused,
+    /// ✖ degraded, aborted, failing.
+    Problem,
+    /// Nothing to say.
+    Blank,
+}
+
+impl Mark {
+    fn symbol(self) -> &'static str {
+        match self {
+            Mark::Ok => "✔",
+            Mark::Waiting => "◌",
+            Mark::Paused => "॥",
+            Mark::Problem => "✖",
+            Mark::Blank => "",
+        }
+    }
+
+    fn sgr(self) -> &'static str {
+        match self {
+            Mark::Ok => "32",
+            Mark::Waiting | Mark::Paused => "33",
+            Mark::Problem => "31",
+            Mark::Blank => "",
+        }
+    }
+
+    fn label(self, text: &str) -> String {
+        match self {
+            Mark::Blank => text.to_owned(),
+            _ => format!("{} {text}", self.symbol()),
+        }
+    }
+}
+
+fn phase_mark(phase: Phase) -> Mark {
+    match phase {
+        Phase::Healthy => Mark::Ok,
+        Phase::Progressing => Mark::Waiting,
+        Phase::Paused => Mark::Paused,
+        Phase::Degraded => Mark::Problem,
+    }
+}
+
+fn color_sgr(color: Color) -> &'static str {
+    match color {
+        Color::Blue => "1;34",
+        Color::Green => "1;32",
+    }
+}
+
+fn color_mark(color: &ColorView) -> Mark {
+    if color.role == "aborted" {
+        Mark::Problem
+    } else if color.replicas > 0 && color.ready >= color.replicas {
+        Mark::Ok
+    } else if color.instances.iter().any(instance_failing) {
+        Mark::Problem
+    } else {
+        Mark::Waiting
+    }
+}
+
+fn instance_failing(instance: &InstanceView) -> bool {
+    !instance.ready && (instance.problem.is_some() || instance.pid.is_none())
+}
+
+fn role_info(role: &str) -> String {
+    match role {
+        "warm" => "warm (kept for an instant undo)".to_owned(),
+        "stopping" => "stopping".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// One line of the tree: a name column (tree lines, symbol, name), a status column and
+/// free text.
+struct Row {
+    prefix: String,
+    name: String,
+    name_sgr: &'static str,
+    mark: Mark,
+    status: String,
+    info: String,
+}
+
+/// One rollout in detail, plain text (as `teal get NAME` prints it when piped).
 pub fn rollout(rollout: &RolloutView) -> String {
+    tree(rollout, &Commands::new(), Style::PLAIN)
+}
+
+/// One rollout in detail: a header (phase, message, strategy, revisions and their
+/// commands, routes, colors), then the tree of revisions, colors and instances.
+pub fn tree(rollout: &RolloutView, commands: &Commands, style: Style) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Name:      {}", rollout.name);
-    let _ = writeln!(out, "Phase:     {}", phase(rollout));
-    let _ = writeln!(out, "Message:   {}", rollout.message);
-    let _ = writeln!(out, "Revision:  {}", rollout.revision);
+    let phase_mark = phase_mark(rollout.phase);
+    let label = |out: &mut String, label: &str, value: &str| {
+        let _ = writeln!(out, "{:<15}{value}", format!("{label}:"));
+    };
+    label(&mut out, "Name", &style.paint(BOLD, &rollout.name));
+    label(
+        &mut out,
+        "Status",
+        &style.paint(phase_mark.sgr(), &phase_mark.label(&phase(rollout))),
+    );
+    label(&mut out, "Message", &rollout.message);
+    label(&mut out, "Strategy", "BlueGreen");
+
+    // Revisions: the ones that run, and the newest even when it does not run.
+    let mut revisions: Vec<Revision> = rollout.colors.iter().map(|c| c.revision).collect();
+    revisions.push(rollout.revision);
+    revisions.sort_unstable_by(|a, b| b.cmp(a));
+    revisions.dedup();
+    for (index, revision) in revisions.iter().enumerate() {
+        let roles: Vec<String> = rollout
+            .colors
+            .iter()
+            .filter(|c| c.revision == *revision)
+            .map(|c| {
+                format!(
+                    "{}, {}",
+                    style.paint(color_sgr(c.color), c.color.as_str()),
+                    c.role
+                )
+            })
+            .collect();
+        let roles = if roles.is_empty() {
+            "not running".to_owned()
+        } else {
+            roles.join("; ")
+        };
+        let command = commands
+            .get(revision)
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
+        let text = format!("{revision}:{command} ({roles})");
+        if index == 0 {
+            label(&mut out, "Revisions", &text);
+        } else {
+            let _ = writeln!(out, "{:<15}{text}", "");
+        }
+    }
+
+    // Routes: where users and testers connect, and which color answers them.
     let active_target = match (rollout.active_color, rollout.active_revision) {
-        (Some(color), Some(revision)) => format!("{color} (revision {revision})"),
+        (Some(color), Some(revision)) => {
+            format!(
+                "{} (revision {revision})",
+                style.paint(color_sgr(color), color.as_str())
+            )
+        }
         _ => "nothing ready yet (503)".to_owned(),
     };
-    let _ = writeln!(
-        out,
-        "Active:    http://{} -> {active_target}",
-        rollout.active_listen
-    );
     let preview_target = rollout
         .colors
         .iter()
         .find(|c| c.role == "preview")
-        .map(|c| format!("{} (revision {})", c.color, c.revision))
+        .map(|c| {
+            format!(
+                "{} (revision {})",
+                style.paint(color_sgr(c.color), c.color.as_str()),
+                c.revision
+            )
+        })
         .unwrap_or_else(|| format!("{active_target}, nothing in preview"));
+    let _ = writeln!(out, "Routes:");
+    let _ = writeln!(
+        out,
+        "  {:<13}http://{} → {active_target}",
+        "active:", rollout.active_listen
+    );
+    let mut preview_label = "preview:";
     if let Some(preview) = &rollout.preview_listen {
-        let _ = writeln!(out, "Preview:   http://{preview} -> {preview_target}");
+        let _ = writeln!(
+            out,
+            "  {preview_label:<13}http://{preview} → {preview_target}"
+        );
+        preview_label = "";
     }
     for matcher in &rollout.preview_match {
         let _ = writeln!(
             out,
-            "           requests with {matcher} on the active address -> {preview_target}"
+            "  {preview_label:<13}{matcher} on http://{} → {preview_target}",
+            rollout.active_listen
         );
+        preview_label = "";
     }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "{:<8} {:<9} {:<9} READY", "COLOR", "REVISION", "ROLE");
-    for color in &rollout.colors {
+
+    // Colors: one line each (the summary scripts grepped before the tree existed).
+    if !rollout.colors.is_empty() {
+        let _ = writeln!(out, "Colors:");
         let _ = writeln!(
             out,
-            "{:<8} {:<9} {:<9} {}/{}",
-            color.color.as_str(),
-            color.revision,
-            color.role,
-            color.ready,
-            color.replicas
+            "  {:<8} {:<9} {:<9} READY",
+            "COLOR", "REVISION", "ROLE"
         );
-        for instance in &color.instances {
-            let state = if instance.ready { "ready" } else { "not ready" };
-            let pid = instance.pid.map_or("-".to_owned(), |p| p.to_string());
-            let _ = write!(
+        for color in &rollout.colors {
+            let mark = color_mark(color);
+            let _ = writeln!(
                 out,
-                "  {:<22} {:<21} {:<10} pid {pid}",
-                instance.id, instance.addr, state
+                "  {:<8} {:<9} {:<9} {}",
+                color.color.as_str(),
+                color.revision,
+                color.role,
+                style.paint(
+                    mark.sgr(),
+                    &mark.label(&format!("{}/{}", color.ready, color.replicas))
+                )
             );
-            if instance.restarts > 0 {
-                let _ = write!(out, ", {} restarts", instance.restarts);
-            }
-            if let Some(problem) = &instance.problem {
-                let _ = write!(out, "  ({problem})");
-            }
-            out.push('\n');
         }
     }
+    out.push('\n');
+
+    // The tree: rollout → revisions (newest first) → colors → instances.
+    let mut rows = vec![Row {
+        prefix: String::new(),
+        name: format!("⟳ {}", rollout.name),
+        name_sgr: BOLD,
+        mark: phase_mark,
+        status: rollout.phase.to_string(),
+        info: rollout.reason.clone().unwrap_or_default(),
+    }];
+    let running: Vec<Revision> = revisions
+        .iter()
+        .copied()
+        .filter(|r| rollout.colors.iter().any(|c| c.revision == *r))
+        .collect();
+    for (r, revision) in running.iter().enumerate() {
+        let last_revision = r + 1 == running.len();
+        let (revision_branch, indent) = branch(last_revision);
+        rows.push(Row {
+            prefix: revision_branch.to_owned(),
+            name: format!("# revision {revision}"),
+            name_sgr: "",
+            mark: Mark::Blank,
+            status: String::new(),
+            info: String::new(),
+        });
+        let colors: Vec<&ColorView> = rollout
+            .colors
+            .iter()
+            .filter(|c| c.revision == *revision)
+            .collect();
+        for (c, color) in colors.iter().enumerate() {
+            let (color_branch, color_indent) = branch(c + 1 == colors.len());
+            rows.push(Row {
+                prefix: format!("{indent}{color_branch}"),
+                name: format!("● {}", color.color),
+                name_sgr: color_sgr(color.color),
+                mark: color_mark(color),
+                status: format!("{}/{} ready", color.ready, color.replicas),
+                info: role_info(&color.role),
+            });
+            for (i, instance) in color.instances.iter().enumerate() {
+                let (instance_branch, _) = branch(i + 1 == color.instances.len());
+                let (mark, status) = if instance.ready {
+                    (Mark::Ok, "ready")
+                } else if instance.pid.is_none() {
+                    (Mark::Problem, "not running")
+                } else if instance.problem.is_some() {
+                    (Mark::Problem, "not ready")
+                } else {
+                    (Mark::Waiting, "starting")
+                };
+                let mut info = instance.addr.clone();
+                if let Some(pid) = instance.pid {
+                    let _ = write!(info, "  pid {pid}");
+                }
+                match instance.restarts {
+                    0 => {}
+                    1 => info.push_str(", 1 restart"),
+                    n => {
+                        let _ = write!(info, ", {n} restarts");
+                    }
+                }
+                if let Some(problem) = &instance.problem {
+                    let _ = write!(info, "  ({problem})");
+                }
+                rows.push(Row {
+                    prefix: format!("{indent}{color_indent}{instance_branch}"),
+                    name: format!("□ {}", instance.id),
+                    name_sgr: "",
+                    mark,
+                    status: status.to_owned(),
+                    info,
+                });
+            }
+        }
+    }
+    let name_width = rows
+        .iter()
+        .map(|row| row.prefix.chars().count() + row.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24)
+        + 2;
+    let status_width = rows
+        .iter()
+        .map(|row| row.mark.label(&row.status).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6)
+        + 2;
+    let _ = writeln!(
+        out,
+        "{:<name_width$}{:<status_width$}INFO",
+        "NAME", "STATUS"
+    );
+    for row in &rows {
+        let name_len = row.prefix.chars().count() + row.name.chars().count();
+        let status = row.mark.label(&row.status);
+        let line = format!(
+            "{}{}{}{}{}{}",
+            row.prefix,
+            style.paint(row.name_sgr, &row.name),
+            " ".repeat(name_width - name_len),
+            style.paint(row.mark.sgr(), &status),
+            " ".repeat(status_width - status.chars().count()),
+            row.info
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
     out
+}
+
+/// Tree lines for a child: its branch, and the indent of its own children.
+fn branch(last: bool) -> (&'static str, &'static str) {
+    if last {
+        ("└──", "   ")
+    } else {
+        ("├──", "│  ")
+    }
 }
 
 /// Revisions and the audit trail.
@@ -191,6 +533,109 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> RolloutView {
+        let instance = |id: &str, ready: bool, problem: Option<&str>| InstanceView {
+            id: id.to_owned(),
+            addr: "127.0.0.1:4000".to_owned(),
+            pid: Some(42),
+            ready,
+            restarts: 0,
+            problem: problem.map(str::to_owned),
+        };
+        RolloutView {
+            name: "shop".to_owned(),
+            phase: Phase::Progressing,
+            reason: None,
+            message: "waiting for green (revision 2) to become ready: 1/2 ready".to_owned(),
+            revision: 2,
+            active_color: Some(Color::Blue),
+            active_revision: Some(1),
+            preview_revision: Some(2),
+            active_listen: "127.0.0.1:8080".to_owned(),
+            preview_listen: None,
+            preview_match: vec!["header X-Test: yes".to_owned()],
+            routes: teal_core::api::RoutesView {
+                active: Some(Color::Blue),
+                preview: Some(Color::Green),
+            },
+            colors: vec![
+                ColorView {
+                    color: Color::Blue,
+                    revision: 1,
+                    role: "active".to_owned(),
+                    replicas: 1,
+                    ready: 1,
+                    instances: vec![instance("shop-blue-r1-1", true, None)],
+                },
+                ColorView {
+                    color: Color::Green,
+                    revision: 2,
+                    role: "preview".to_owned(),
+                    replicas: 2,
+                    ready: 1,
+                    instances: vec![
+                        instance("shop-green-r2-1", true, None),
+                        instance(
+                            "shop-green-r2-2",
+                            false,
+                            Some("readiness probe answered 503"),
+                        ),
+                    ],
+                },
+            ],
+            updated_at_ms: 0,
+            traffic: Vec::new(),
+            status: Default::default(),
+        }
+    }
+
+    /// Drops `ESC [ ... m` sequences.
+    fn strip_ansi(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_tree_marks_problems_and_colors_only_for_terminals() {
+        let rollout = sample();
+        let commands = Commands::from([(2, command_line(&["app".into(), "a b".into()]))]);
+        let plain = tree(&rollout, &commands, Style::PLAIN);
+        assert!(!plain.contains('\x1b'), "{plain}");
+        for expected in [
+            "Status:        ◌ Progressing",
+            "Revisions:     2: app 'a b' (green, preview)",
+            "               1: (blue, active)",
+            "header X-Test: yes on http://127.0.0.1:8080 → green (revision 2)",
+            "  green    2         preview   ✖ 1/2",
+            "├──# revision 2",
+            "│  └──● green",
+            "│     └──□ shop-green-r2-2",
+            "✖ not ready",
+            "(readiness probe answered 503)",
+            "└──# revision 1",
+            "   └──● blue",
+        ] {
+            assert!(plain.contains(expected), "lacks {expected:?}:\n{plain}");
+        }
+
+        let ansi = tree(&rollout, &commands, Style { ansi: true });
+        assert!(ansi.contains("\x1b[31m✖ 1/2 ready\x1b[0m"), "{ansi}");
+        assert!(ansi.contains("\x1b[32m✔ ready\x1b[0m"), "{ansi}");
+        assert_eq!(strip_ansi(&ansi), plain, "colors do not move the columns");
+    }
 
     #[test]
     fn timestamps_are_utc_calendar_dates() {

@@ -111,6 +111,8 @@ fn window(older: &Reading, newer: &Reading) -> Vec<ColorTraffic> {
             Some(ColorTraffic {
                 color,
                 revision,
+                requests,
+                errors: failed,
                 requests_per_second: requests as f64 / seconds,
                 success_rate: (answered > 0).then(|| (answered - failed) as f64 / answered as f64),
                 p99_ms: quantile_from_buckets(&LATENCY_BUCKETS_MS, &buckets, 0.99),

@@ -1,7 +1,7 @@
 //! Rollouts as people see them: the stored status joined with what runs.
 
 use teal_core::Color;
-use teal_core::api::{ColorView, InstanceView, RolloutView};
+use teal_core::api::{ColorView, InstanceView, RolloutView, RoutesView};
 use teal_core::rollout::{Policy, Stage};
 
 use super::Daemon;
@@ -110,6 +110,13 @@ impl Daemon {
                 .or(spec.strategy.preview_listen)
                 .map(|a| a.to_string()),
             preview_match,
+            routes: runtime
+                .as_ref()
+                .map(|r| {
+                    let (active, preview) = *r.routes.lock().expect("routes lock");
+                    RoutesView { active, preview }
+                })
+                .unwrap_or_default(),
             colors,
             updated_at_ms: stored.updated_at,
             traffic: runtime

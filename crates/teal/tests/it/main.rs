@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli;
 mod cycle;
 mod observe;
 mod recovery;

@@ -109,6 +109,27 @@ impl Sandbox {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Starts the CLI against this sandbox's daemon with stdout and stderr piped, for
+    /// commands that keep running (`get --watch`).
+    pub fn teal_spawn(&self, args: &[&str]) -> Child {
+        Command::new(TEAL)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the teal binary starts")
+    }
+
+    /// Writes a spec file into the sandbox; returns its path.
+    pub fn write_spec(&self, file: &str, yaml: &str) -> String {
+        let path = self.data_dir().join(file);
+        std::fs::write(&path, yaml).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
     /// Writes a spec file into the sandbox and applies it.
     pub fn apply(&self, file: &str, yaml: &str) -> Output {
         let path = self.data_dir().join(file);

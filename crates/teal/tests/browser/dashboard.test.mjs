@@ -1,0 +1,307 @@
+// The dashboard in headless Chromium against the daemon run.sh started.
+//
+// The tests run in order and share one page, as a person would use it: list → shop →
+// a new revision arrives → promote → undo, then the broken rollout, tokens, narrow
+// screens and a lost daemon. The page is never reloaded after the first load: a
+// marker on `window` must survive every step, so anything that only shows after a
+// reload (a broken event stream, say) fails the test.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+
+import {
+  BASE,
+  TOKEN,
+  Traffic,
+  apiGet,
+  applyDemo,
+  eventually,
+  killDaemon,
+  launchBrowser,
+  restartDaemon,
+  rollout,
+  screenshot,
+  waitForRollout,
+  waitForText,
+} from "./support.mjs";
+
+let browser;
+let context;
+let page;
+let loads = 0;
+const consoleLines = [];
+const traffic = new Traffic("shop");
+
+const MARKER = "set-before-any-update";
+
+/** Fails unless this is still the document the suite opened. */
+async function assertNoReload() {
+  assert.equal(await page.evaluate(() => window.__tealMarker), MARKER, "the page was reloaded");
+  assert.equal(loads, 1, "the page loaded more than once");
+}
+
+const card = (color) => page.locator(`.color-card[data-color="${color}"]`);
+const statusPanel = () => page.locator('[data-slot="status"]');
+const confirmDialog = () => page.locator("dialog#confirm");
+const tokenDialog = () => page.locator("dialog#token-dialog");
+const button = (name) => page.locator(`#actions button[data-verb="${name}"]`);
+
+/** Watches a page's console and errors; the token must never show up there. */
+function watch(target) {
+  target.on("console", (message) => consoleLines.push(message.text()));
+  target.on("pageerror", (error) => consoleLines.push(`pageerror: ${error.message}`));
+}
+
+before(async () => {
+  browser = await launchBrowser();
+  context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  watch(page);
+  page.on("load", () => loads++);
+  await waitForRollout("shop", "shop revision 1 live", (r) => r.phase === "Healthy" && r.active_revision === 1);
+  await waitForRollout("broken", "broken revision 1 live", (r) => r.phase === "Healthy" && r.active_revision === 1);
+  traffic.start();
+  // Enough samples for the charts and the 10-second summaries.
+  await eventually("traffic through shop", () => traffic.answers > 40);
+});
+
+after(async () => {
+  traffic.stop();
+  await browser?.close();
+});
+
+test("the list shows every rollout with its phase, active color and live traffic", async () => {
+  await page.goto(`${BASE}/#token=${TOKEN}`);
+  await page.evaluate((marker) => {
+    window.__tealMarker = marker;
+  }, MARKER);
+
+  // The token moved from the address bar into this tab's storage.
+  assert.ok(!page.url().includes("token"), `token left in the URL: ${page.url()}`);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("teal.token")), TOKEN);
+
+  const shop = page.locator('tr[data-rollout="shop"]');
+  await waitForText(shop, /shop Healthy .*blue .*revision 1 .*none/);
+  await waitForText(page.locator('tr[data-rollout="broken"]'), /broken Healthy .*blue .*revision 1/);
+  // Traffic summary from RolloutView.traffic: requests/s, success rate and p99.
+  await waitForText(shop.locator(".cell-traffic"), /blue [1-9][\d.]* req\/s · 100% ok · p99 [\d.]+ (ms|s)/);
+  await page.locator(".live-live").waitFor();
+  await screenshot(page, "list");
+});
+
+test("a new revision appears as Paused without a reload, and Promote moves users to green", async () => {
+  await page.locator('tr[data-rollout="shop"] a').click();
+  await waitForText(page.locator("h1"), /^shop$/);
+  await waitForText(statusPanel(), /users are on blue \(revision 1\)/);
+  assert.ok(await button("promote").isDisabled(), "promote with nothing in preview");
+  await waitForText(page.locator("#hint-promote"), /nothing is in preview/);
+
+  // A new revision, applied behind the page's back: only the event stream can tell it.
+  await applyDemo({ name: "shop", version: "v2" });
+  await waitForText(page.locator('[data-slot="phase"]'), /Paused \(BlueGreenPause\)/);
+  await waitForText(statusPanel(), /green \(revision 2\) is ready in preview; waiting for promote/);
+  await waitForText(card("green"), /green revision 2 preview .*2\/2 ready/);
+  await waitForText(card("blue"), /blue revision 1 active/);
+  await waitForText(page.locator(".routes"), /Users http:\/\/\S+ → blue revision 1/);
+  await waitForText(page.locator(".routes"), /Testers http:\/\/\S+ → green revision 2/);
+  await waitForText(page.locator(".routes"), /with cookie test=true → green revision 2/);
+  await waitForText(page.locator('[data-slot="revisions"]'), /2 preview .* 1 users/);
+  assert.ok(await button("promote").isEnabled());
+  assert.ok(await button("abort").isEnabled());
+  assert.ok(await button("retry").isDisabled(), "retry with nothing aborted");
+  // Both colors draw a line in every chart once the preview serves testers.
+  await eventually("both colors charted", async () => (await page.locator(".chart .line-green").count()) === 3);
+  assert.equal(await page.locator(".chart .line-blue").count(), 3);
+  await assertNoReload();
+  await screenshot(page, "rollout-paused");
+
+  await button("promote").click();
+  await confirmDialog().waitFor();
+  assert.equal(
+    await confirmDialog().locator("#confirm-text").innerText(),
+    "Promote revision 2: users move from blue (revision 1) to green (revision 2).",
+  );
+  await confirmDialog().getByRole("button", { name: "Promote revision 2" }).click();
+  await confirmDialog().waitFor({ state: "hidden" });
+
+  await waitForText(page.locator('[data-slot="result"]'), /Promote revision 2: done\. revision 2 promoted/);
+  await waitForText(card("green"), /green revision 2 active/);
+  await waitForText(card("blue"), /blue revision 1 warm/);
+  await waitForText(statusPanel(), /users are on green \(revision 2\)/);
+  await waitForText(page.locator('[data-slot="phase"]'), /Healthy/);
+  await waitForText(page.locator(".routes"), /Users http:\/\/\S+ → green revision 2/);
+  await assertNoReload();
+
+  // And the page told the truth: users really reach green now.
+  const view = await rollout("shop");
+  const answer = await fetch(`http://${view.active_listen}/`);
+  assert.equal(answer.headers.get("x-teal-color"), "green");
+  await screenshot(page, "rollout-promoted");
+});
+
+test("Undo to revision 1 takes users back to blue at once, without a reload", async () => {
+  const chooser = page.locator("#undo-target");
+  // The chooser lists every revision; the live one cannot be chosen.
+  await waitForText(chooser, /revision 2 \(users are on it\).*revision 1/);
+  assert.equal(await chooser.inputValue(), "1");
+  await chooser.selectOption("1");
+  await button("undo").click();
+  await confirmDialog().waitFor();
+  assert.equal(
+    await confirmDialog().locator("#confirm-text").innerText(),
+    "Undo to revision 1: users move from green (revision 2) back to blue (revision 1) at once, " +
+      "because blue still runs it warm. It is recorded as revision 3.",
+  );
+  await confirmDialog().getByRole("button", { name: "Undo to revision 1" }).click();
+
+  await waitForText(page.locator('[data-slot="result"]'), /Undo to revision 1: done\./);
+  await waitForText(card("blue"), /blue revision \d+ active/);
+  await waitForText(statusPanel(), /users are on blue/);
+  await waitForText(page.locator('[data-slot="events"]'), /undo/);
+  const view = await rollout("shop");
+  assert.equal(view.active_color, "blue");
+  await assertNoReload();
+});
+
+test("the dialogs work from the keyboard and Escape sends nothing", async () => {
+  const before = await apiGet("/api/v1/rollouts/shop/history");
+  await button("undo").focus();
+  await page.keyboard.press("Enter");
+  await confirmDialog().waitFor();
+  // The dialog is modal and takes focus; Cancel is the default.
+  assert.equal(await page.evaluate(() => document.activeElement?.closest("dialog")?.id), "confirm");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Cancel");
+  await page.keyboard.press("Escape");
+  await confirmDialog().waitFor({ state: "hidden" });
+  // Focus goes back to the button that opened it.
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.verb), "undo");
+  const afterEscape = await apiGet("/api/v1/rollouts/shop/history");
+  assert.equal(afterEscape.revisions.length, before.revisions.length, "Escape sent an undo");
+  assert.equal(afterEscape.events.length, before.events.length, "Escape changed something");
+});
+
+test("a preview that never becomes ready shows why, and an abort says so", async () => {
+  await applyDemo({ name: "broken", version: "v2", progressDeadline: 5, env: { DEMO_NEVER_READY: "true" } });
+  await page.evaluate(() => {
+    location.hash = "#/rollouts/broken";
+  });
+  await waitForText(page.locator("h1"), /^broken$/);
+  // The message names the probe's answer, and every instance its problem.
+  await waitForText(statusPanel(), /waiting for green \(revision 2\) to become ready: 0\/2 ready: .*503/);
+  await waitForText(statusPanel().locator(".problems"), /green broken-green-r2-\d+: .*503/);
+  await waitForText(card("green"), /✗ not ready .*Problem: .*503/);
+  // After the 5-second progress deadline: Degraded, in the warning style.
+  await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(ProgressDeadlineExceeded\)/, 20_000);
+  await page.locator('[data-slot="status"] .status-warning').waitFor();
+  await waitForText(statusPanel(), /progress deadline of 5s exceeded/);
+  await waitForText(page.locator(".routes"), /Testers http:\/\/\S+ → green revision 2 — no ready instance, answers 503/);
+  await assertNoReload();
+  await screenshot(page, "failing-preview");
+
+  await button("abort").click();
+  await confirmDialog().waitFor();
+  assert.equal(
+    await confirmDialog().locator("#confirm-text").innerText(),
+    "Abort revision 2: users stay on blue (revision 1), testers are sent there too, and green (revision 2) is stopped.",
+  );
+  await confirmDialog().getByRole("button", { name: "Abort revision 2" }).click();
+  await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(RolloutAborted\)/);
+  await waitForText(statusPanel(), /revision 2 aborted: /);
+  await waitForText(card("green"), /green revision 2 aborted/);
+  assert.ok(await button("promote").isDisabled());
+  await waitForText(page.locator("#hint-promote"), /revision 2 was aborted; retry it first/);
+  assert.ok(await button("retry").isEnabled());
+  await waitForText(page.locator(".routes"), /Testers http:\/\/\S+ → blue revision 1 \(nothing in preview/);
+  await assertNoReload();
+  await screenshot(page, "aborted");
+});
+
+test("without a token the page asks for it, and a wrong token asks again", async () => {
+  // A second tab with no token at all.
+  const other = await context.newPage();
+  watch(other);
+  await other.goto(`${BASE}/#/rollouts/broken`);
+  assert.equal(await other.evaluate(() => sessionStorage.getItem("teal.token")), null);
+  await other.locator('#actions button[data-verb="retry"]:not([disabled])').click();
+  await other.locator("dialog#confirm").getByRole("button", { name: "Retry revision 2" }).click();
+
+  // Asked before anything is sent.
+  const dialog = other.locator("dialog#token-dialog");
+  await dialog.waitFor();
+  assert.ok(await dialog.locator("#token-error").isHidden());
+  await dialog.locator("#token-input").fill("not-the-token");
+  await dialog.getByRole("button", { name: "Use token" }).click();
+
+  // The daemon refuses it (401): the page forgets it and asks again, saying why.
+  await waitForText(dialog.locator("#token-error"), /The daemon refused the token: this call needs the API token/);
+  assert.equal(await other.evaluate(() => sessionStorage.getItem("teal.token")), null);
+  await dialog.locator("#token-input").fill(TOKEN);
+  await dialog.getByRole("button", { name: "Use token" }).click();
+
+  // With the right one, the same retry goes through.
+  await waitForText(other.locator('[data-slot="result"]'), /Retry revision 2: done\. revision 2 retried/);
+  assert.equal(await other.evaluate(() => sessionStorage.getItem("teal.token")), TOKEN);
+  await other.close();
+  await waitForText(page.locator('[data-slot="phase"]'), /Progressing|Degraded \(ProgressDeadlineExceeded\)/);
+
+  // A stored token the daemon no longer accepts is cleared too, and cancelling sends nothing.
+  await page.evaluate(() => sessionStorage.setItem("teal.token", "stale"));
+  await button("abort").click();
+  await confirmDialog().getByRole("button", { name: "Abort revision 2" }).click();
+  await waitForText(tokenDialog().locator("#token-error"), /refused the token/);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("teal.token")), null);
+  await page.keyboard.press("Escape");
+  await waitForText(page.locator('[data-slot="result"]'), /Abort was not sent: the daemon needs its API token/);
+  await page.evaluate((token) => sessionStorage.setItem("teal.token", token), TOKEN);
+  await assertNoReload();
+});
+
+test("colors sit side by side on a laptop and stack on a phone, always named", async () => {
+  await page.evaluate(() => {
+    location.hash = "#/rollouts/shop";
+  });
+  await waitForText(card("blue"), /blue revision \d+ active/);
+  await waitForText(card("green"), /green revision 2 warm/);
+  const wide = [await card("blue").boundingBox(), await card("green").boundingBox()];
+  assert.ok(Math.abs(wide[0].y - wide[1].y) < 2 && wide[1].x > wide[0].x + wide[0].width - 1, "side by side");
+
+  await page.setViewportSize({ width: 390, height: 844 });
+  await eventually("the colors to stack", async () => {
+    const [blue, green] = [await card("blue").boundingBox(), await card("green").boundingBox()];
+    return green.y >= blue.y + blue.height;
+  });
+  // No horizontal scrolling on a phone.
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1));
+  await screenshot(page, "rollout-phone");
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  // The names are in the text, and the shapes differ, not only the hue.
+  assert.match(await card("blue").locator("h3").innerText(), /blue/);
+  assert.match(await card("green").locator("h3").innerText(), /green/);
+  const radius = (color) =>
+    page.locator(`.color-card[data-color="${color}"] .shape`).first().evaluate((e) => getComputedStyle(e).borderRadius);
+  assert.notEqual(await radius("blue"), await radius("green"));
+  assert.equal(await page.locator(".chart .line-green[stroke-dasharray]").count(), 3);
+  assert.equal(await page.locator(".chart .line-blue[stroke-dasharray]").count(), 0);
+  await assertNoReload();
+});
+
+test("a lost daemon shows a banner, and the page recovers by itself", async () => {
+  await page.locator("#banner").waitFor({ state: "hidden" });
+  killDaemon();
+  await waitForText(page.locator("#banner"), /Lost connection to the teal daemon — retrying/, 15_000);
+  await waitForText(page.locator("#live"), /reconnecting/);
+
+  await restartDaemon();
+  await page.locator("#banner").waitFor({ state: "hidden", timeout: 20_000 });
+  await page.locator(".live-live").waitFor();
+  // Fresh state from the new daemon, which adopted the running instances.
+  await waitForText(card("blue"), /blue revision \d+ active .*2\/2 ready/);
+  await assertNoReload();
+});
+
+test("the token never reaches the console", () => {
+  for (const line of consoleLines) assert.ok(!line.includes(TOKEN), `console line has the token: ${line}`);
+  const errors = consoleLines.filter((line) => line.startsWith("pageerror"));
+  assert.deepEqual(errors, [], "the page threw");
+});
