@@ -250,6 +250,13 @@ Examples:
   teal demo-app --port 9000
   DEMO_FAIL_RATE=0.2 DEMO_DELAY_MS=300 teal demo-app --port 9000   # misbehave")]
     DemoApp(crate::demo_app::DemoAppOptions),
+    /// Print the dashboard's address, with the API token in the link's fragment (the
+    /// fragment never leaves the browser; the page keeps the token for the session).
+    #[command(after_help = "\
+Examples:
+  teal dashboard                   # then open the printed link
+  xdg-open \"$(teal dashboard)\"")]
+    Dashboard,
     /// Print a shell completion script to standard output.
     #[command(after_help = "\
 Examples:
@@ -317,6 +324,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { exit } => crate::demo::run(exit).await,
         Command::DemoApp(options) => crate::demo_app::run(options).await,
+        Command::Dashboard => {
+            let client = client();
+            let token = client.token().context(
+                "no API token: pass --token, or --data-dir pointing at the daemon's data directory",
+            )?;
+            println!("{}/#token={token}", client.base_url());
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "teal", &mut std::io::stdout());

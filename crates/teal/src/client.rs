@@ -72,6 +72,16 @@ impl Client {
         }
     }
 
+    /// The daemon's base URL, e.g. `http://127.0.0.1:7070`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The API token, when one was found.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call(Method::GET, path, None::<&()>).await

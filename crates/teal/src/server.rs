@@ -154,6 +154,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{name}/retry", post(retry))
         .route("/api/v1/rollouts/{name}/undo", post(undo))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .with_state(state)
 }

@@ -169,3 +169,39 @@ fn the_event_stream_announces_changes_as_they_happen() {
         "the change was announced promptly"
     );
 }
+
+#[test]
+fn the_dashboard_is_served_from_the_binary_with_a_token_link() {
+    let sandbox = Sandbox::start();
+    let rt = runtime();
+    let link = sandbox.teal_ok(&["dashboard"]);
+    let token = std::fs::read_to_string(sandbox.data_dir().join("token")).unwrap();
+    assert_eq!(
+        link.trim(),
+        format!("http://{}/#token={}", api(&sandbox), token.trim())
+    );
+
+    let page = rt.block_on(async {
+        let mut connection = Connection::open(api(&sandbox)).await.unwrap();
+        connection.get("/", None).await.unwrap()
+    });
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<html"), "{}", page.body);
+    // Everything is embedded: no script, style or image comes from elsewhere.
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import url(http",
+    ] {
+        assert!(
+            !page.body.contains(external),
+            "external asset {external:?} in the page"
+        );
+    }
+    assert!(
+        !page.body.contains(token.trim()),
+        "the page never embeds the token"
+    );
+}
