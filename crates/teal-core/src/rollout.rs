@@ -721,8 +721,14 @@ impl Status {
                 }
             ),
             Stage::ScalingUp => format!(
-                "promoting {slot}: {}/{} ready{problem}",
-                candidate.ready, policy.replicas
+                "{} {slot}: {}/{} ready{problem}",
+                if self.stable.is_some() {
+                    "promoting"
+                } else {
+                    "starting the first release in"
+                },
+                candidate.ready,
+                policy.replicas
             ),
         }
     }
