@@ -4,11 +4,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        sudo_if_needed apt-get update -q
+        apt_updated=1
+    fi
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
 # python3 serves as a plain HTTP app in the platform's tests.
 if ! command -v python3 >/dev/null; then
-    sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-    sudo_if_needed apt-get update -q
-    sudo_if_needed apt-get install -y -q python3
+    apt_install python3
+fi
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser)
+# with playwright-core from npm, which needs node 20 or newer.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install chromium
+fi
+if ! command -v npm >/dev/null; then
+    apt_install nodejs npm
+fi
+if ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+    echo "test.sh: the browser tests need node 20 or newer (found $(node --version))" >&2
+    exit 1
 fi
 
 cargo fmt --all -- --check
@@ -18,3 +38,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+# The dashboard in real headless Chromium against a real daemon and demo-apps.
+(cd crates/teal/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+cargo build -p teal --locked
+crates/teal/tests/browser/run.sh "${CARGO_TARGET_DIR:-target}/debug/teal"

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::analysis::{Arg, Metric};
+
 mod parse;
 mod raw;
 
@@ -157,6 +159,90 @@ pub struct BlueGreen {
     /// before the old color is stopped anyway. teal's own field (`drainTimeoutSeconds`);
     /// default 30 s.
     pub drain_timeout: Duration,
+    /// `prePromotionAnalysis`: run against the candidate before the switch; a failure
+    /// aborts, so users never leave the stable color.
+    #[serde(default)]
+    pub pre_promotion_analysis: Option<RolloutAnalysis>,
+    /// `postPromotionAnalysis`: run after the switch while the old color is warm; a
+    /// failure switches back at once.
+    #[serde(default)]
+    pub post_promotion_analysis: Option<RolloutAnalysis>,
+    /// `loadTest`: traffic teal sends to the preview while pre-promotion analysis runs.
+    #[serde(default)]
+    pub load_test: Option<LoadTest>,
+    /// `webhooks`: gates (Flagger's `confirm-promotion` and `rollback`).
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+    /// `notifications`: where every phase change is posted.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+}
+
+/// `prePromotionAnalysis` / `postPromotionAnalysis`: which AnalysisTemplates to run
+/// (they run together; the analysis fails when one does) and the args they get.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RolloutAnalysis {
+    /// `templates[].templateName`: never empty.
+    pub templates: Vec<String>,
+    /// `args[]`: values for the templates' args, beside teal's standard ones.
+    pub args: Vec<NameValue>,
+}
+
+/// `loadTest`: steady traffic to the preview route so built-in metrics have data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LoadTest {
+    /// `requestsPerSecond`: the total rate.
+    pub requests_per_second: u32,
+    /// `concurrency`: connections used (each keeps one request in flight).
+    pub concurrency: u32,
+    /// `durationSeconds`: stop after this; None: until pre-promotion analysis ends.
+    pub duration: Option<Duration>,
+    /// `paths`: requested in turn; default `["/"]`.
+    pub paths: Vec<String>,
+    /// `headers`: sent with every request.
+    pub headers: Vec<NameValue>,
+}
+
+/// `webhooks[]`: an HTTP gate, as in Flagger.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Webhook {
+    /// `name`: shown in the status and history.
+    pub name: String,
+    /// `type`.
+    pub kind: WebhookKind,
+    /// `url`: `http://` or `https://`.
+    pub url: String,
+    /// `timeoutSeconds`: default 10.
+    pub timeout: Duration,
+}
+
+/// What a webhook decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookKind {
+    /// `confirm-promotion`: promotion waits until it answers 2xx.
+    ConfirmPromotion,
+    /// `rollback`: asked during analysis; a 2xx answer rolls back.
+    Rollback,
+}
+
+/// `notifications[]`: a JSON POST for every phase change.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Notification {
+    /// `url`: `http://` or `https://`.
+    pub url: String,
+    /// `format`: `json` (default) or `slack` (`{"text": ...}`).
+    pub format: NotificationFormat,
+}
+
+/// The body of a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationFormat {
+    /// teal's own JSON: rollout, revision, checksum, phase, reason.
+    Json,
+    /// A Slack-compatible `{"text": ...}`.
+    Slack,
 }
 
 /// `previewMatch`: cookie and/or header that sends a request to the candidate.
@@ -177,14 +263,20 @@ pub struct NameValue {
     pub value: String,
 }
 
-/// A validated `kind: AnalysisTemplate`. Its metrics are kept as written until the
-/// analysis engine gives them types of their own.
+/// A validated `kind: AnalysisTemplate`: its metrics and args typed (see
+/// [`crate::analysis`]), and its `spec` also kept as written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisTemplateSpec {
     /// `metadata.name`.
     pub name: String,
-    /// `spec`, as JSON.
+    /// `spec`, as JSON, as written.
     pub spec: serde_json::Value,
+    /// `spec.args`: values the metrics' provider fields use as `{{args.NAME}}`.
+    #[serde(default)]
+    pub args: Vec<Arg>,
+    /// `spec.metrics`: never empty once validated.
+    #[serde(default)]
+    pub metrics: Vec<Metric>,
 }
 
 impl RolloutSpec {

@@ -164,7 +164,7 @@ impl Daemon {
             listeners: Mutex::new(Listeners::none()),
             routes: Mutex::new((None, None)),
             stop,
-            traffic: Mutex::new(traffic::TrafficLog::default()),
+            traffic: Mutex::new(traffic::TrafficLog::new(now_ms())),
         });
         listeners.serve(
             &proxy,

@@ -14,7 +14,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
     self, Chunk, RawAnalysisTemplate, RawBlueGreen, RawHeader, RawNameValue, RawProbe, RawProcess,
-    RawRollout, Shape, Stage1Error,
+    RawRollout, RawTypedAnalysisTemplate, Shape, Stage1Error,
 };
 use super::{
     API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
@@ -209,9 +209,22 @@ fn parse_document(
             };
             check_unique(&raw.metadata.name, "AnalysisTemplate", seen, errors);
             let name = validate_name(&raw.metadata.name, errors);
+            // The same document again, typed: the free-form read keeps the spec as
+            // written, this one checks every field of it.
+            let typed: RawTypedAnalysisTemplate =
+                match raw::deserialize_document(chunk, Shape::Typed) {
+                    Ok(typed) => typed,
+                    Err(error) => {
+                        errors.stage1(error);
+                        return None;
+                    }
+                };
+            let (args, metrics) = analysis::validate_template(&typed, errors);
             Some(Document::AnalysisTemplate(AnalysisTemplateSpec {
                 name,
                 spec: serde_json::Value::Object(raw.spec),
+                args,
+                metrics,
             }))
         }
         other => {
@@ -676,6 +689,33 @@ fn validate_blue_green(
         0,
         errors,
     );
+    let pre_promotion_analysis = raw.pre_promotion_analysis.as_ref().map(|found| {
+        analysis::rollout_analysis(found, &format!("{path}.prePromotionAnalysis"), errors)
+    });
+    let post_promotion_analysis = raw.post_promotion_analysis.as_ref().map(|found| {
+        analysis::rollout_analysis(found, &format!("{path}.postPromotionAnalysis"), errors)
+    });
+    let load_test = raw
+        .load_test
+        .as_ref()
+        .map(|found| analysis::load_test(found, &format!("{path}.loadTest"), errors));
+    if let (Some(found), None) = (&raw.load_test, &pre_promotion_analysis) {
+        errors.at(
+            &found.referenced,
+            &format!("{path}.loadTest"),
+            "a loadTest runs during prePromotionAnalysis, and there is none".to_owned(),
+        );
+    }
+    let webhooks = analysis::webhooks(
+        raw.webhooks.as_deref().unwrap_or_default(),
+        &format!("{path}.webhooks"),
+        errors,
+    );
+    let notifications = analysis::notifications(
+        raw.notifications.as_deref().unwrap_or_default(),
+        &format!("{path}.notifications"),
+        errors,
+    );
     // Only now, with every field checked: a bad active address ends the strategy here.
     Some(BlueGreen {
         active_listen: active?,
@@ -689,6 +729,11 @@ fn validate_blue_green(
             .then_some(abort_scale_down_delay),
         preview_replica_count,
         drain_timeout,
+        pre_promotion_analysis,
+        post_promotion_analysis,
+        load_test,
+        webhooks,
+        notifications,
     })
 }
 
@@ -755,5 +800,6 @@ fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
+mod analysis;
 #[cfg(test)]
 mod tests;

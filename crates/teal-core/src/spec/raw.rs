@@ -54,6 +54,114 @@ pub(super) struct RawAnalysisTemplate {
     pub spec: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `kind: AnalysisTemplate`, typed. Read besides [`RawAnalysisTemplate`], which keeps
+/// the `spec` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTypedAnalysisTemplate {
+    /// Checked through [`RawHeader`].
+    #[allow(dead_code)]
+    pub api_version: Option<IgnoredAny>,
+    /// Checked through [`RawHeader`].
+    #[allow(dead_code)]
+    pub kind: Option<IgnoredAny>,
+    /// Checked through [`RawAnalysisTemplate`].
+    #[allow(dead_code)]
+    pub metadata: RawMetadata,
+    pub spec: Spanned<RawAnalysisTemplateSpec>,
+}
+
+/// An AnalysisTemplate's `spec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnalysisTemplateSpec {
+    pub args: Option<Vec<RawArg>>,
+    /// Optional here so stage two reports a missing one with the other problems.
+    pub metrics: Option<Spanned<Vec<RawMetric>>>,
+}
+
+/// One `spec.args` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArg {
+    pub name: Spanned<String>,
+    pub value: Option<Spanned<String>>,
+}
+
+/// One `spec.metrics` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawMetric {
+    pub name: Spanned<String>,
+    pub interval: Option<Spanned<String>>,
+    pub initial_delay: Option<Spanned<String>>,
+    pub count: Option<Spanned<i64>>,
+    pub success_condition: Option<Spanned<String>>,
+    pub failure_condition: Option<Spanned<String>>,
+    pub failure_limit: Option<Spanned<i64>>,
+    pub inconclusive_limit: Option<Spanned<i64>>,
+    pub consecutive_error_limit: Option<Spanned<i64>>,
+    /// Optional here so stage two reports a missing one with the other problems.
+    pub provider: Option<Spanned<RawProvider>>,
+}
+
+/// A metric's `provider`: exactly one field must be set (checked in stage two).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub builtin: Option<Spanned<RawBuiltin>>,
+    pub prometheus: Option<Spanned<RawPrometheus>>,
+    pub web: Option<Spanned<RawWeb>>,
+    pub job: Option<Spanned<RawJob>>,
+}
+
+/// `provider.builtin`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBuiltin {
+    pub measure: Spanned<String>,
+    pub color: Option<Spanned<String>>,
+}
+
+/// `provider.prometheus`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrometheus {
+    pub address: Spanned<String>,
+    pub query: Spanned<String>,
+    pub timeout: Option<Spanned<i64>>,
+    pub headers: Option<Vec<RawHttpHeader>>,
+}
+
+/// `provider.web`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawWeb {
+    pub url: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub headers: Option<Vec<RawHttpHeader>>,
+    pub body: Option<Spanned<String>>,
+    pub timeout_seconds: Option<Spanned<i64>>,
+    pub json_path: Option<Spanned<String>>,
+}
+
+/// `provider.job`: a local command (Argo's Kubernetes Job has no meaning here).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawJob {
+    /// Spanned as a whole so an empty list can be pointed at.
+    pub command: Spanned<Vec<Spanned<String>>>,
+    pub timeout_seconds: Option<Spanned<i64>>,
+}
+
+/// `headers[]` of `prometheus` and `web`: `{key, value}` as in Argo.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttpHeader {
+    pub key: Spanned<String>,
+    pub value: Spanned<String>,
+}
+
 /// `metadata`. Labels and annotations are accepted so Kubernetes-style manifests
 /// load, but teal has no use for them.
 #[derive(Debug, Deserialize)]
@@ -153,6 +261,64 @@ pub(super) struct RawBlueGreen {
     pub abort_scale_down_delay_seconds: Option<Spanned<i64>>,
     pub preview_replica_count: Option<Spanned<i64>>,
     pub drain_timeout_seconds: Option<Spanned<i64>>,
+    pub pre_promotion_analysis: Option<Spanned<RawRolloutAnalysis>>,
+    pub post_promotion_analysis: Option<Spanned<RawRolloutAnalysis>>,
+    pub load_test: Option<Spanned<RawLoadTest>>,
+    pub webhooks: Option<Vec<RawWebhook>>,
+    pub notifications: Option<Vec<RawNotification>>,
+}
+
+/// `prePromotionAnalysis` / `postPromotionAnalysis`, as in Argo.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRolloutAnalysis {
+    pub templates: Spanned<Vec<RawTemplateRef>>,
+    pub args: Option<Vec<RawArgValue>>,
+}
+
+/// `templates[]` of a rollout's analysis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTemplateRef {
+    pub template_name: Spanned<String>,
+}
+
+/// `args[]` of a rollout's analysis: `{name, value}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArgValue {
+    pub name: Spanned<String>,
+    pub value: Spanned<String>,
+}
+
+/// `loadTest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawLoadTest {
+    pub requests_per_second: Spanned<i64>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub duration_seconds: Option<Spanned<i64>>,
+    pub paths: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<RawNameValue>>,
+}
+
+/// `webhooks[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawWebhook {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub url: Spanned<String>,
+    pub timeout_seconds: Option<Spanned<i64>>,
+}
+
+/// `notifications[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotification {
+    pub url: Spanned<String>,
+    pub format: Option<Spanned<String>>,
 }
 
 /// `activeService` / `previewService`: where teal listens, not a Kubernetes Service name.
@@ -308,8 +474,9 @@ pub(super) fn deserialize_document<T: DeserializeOwned>(
 ///
 /// saphyr's [`Spanned<T>`] reads `T` as the `value` field of a synthetic mapping, so an
 /// error inside a spanned value carries an extra `value` segment that is not in the
-/// file (`spec.replicas.value`). teal's types have real `value` keys only in an `env`
-/// entry and in `previewMatch.cookie`/`header`, so a `value` segment is dropped unless
+/// file (`spec.replicas.value`). teal's types have real `value` keys only in an `env`,
+/// `args` or `headers` entry and in `previewMatch.cookie`/`header`, so a `value`
+/// segment is dropped unless
 /// it follows one of those, is the unknown key an unknown-field error names, or lies
 /// in a free-form part of the document (labels, annotations, an AnalysisTemplate's spec).
 fn clean_path(path: &serde_path_to_error::Path, keep_last_value: bool, shape: Shape) -> String {
@@ -358,7 +525,11 @@ fn in_free_form(kept: &[String], shape: Shape) -> bool {
 /// True when the path so far ends at a mapping that has a real `value` key.
 fn holds_value_key(kept: &[String]) -> bool {
     match kept {
-        [.., env, index] if env == "env" && index.starts_with('[') => true,
+        [.., list, index]
+            if matches!(list.as_str(), "env" | "args" | "headers") && index.starts_with('[') =>
+        {
+            true
+        }
         [.., last] => last == "cookie" || last == "header",
         [] => false,
     }

@@ -24,7 +24,6 @@ struct Reading {
 }
 
 /// The readings of one rollout, oldest first.
-#[derive(Default)]
 pub struct TrafficLog {
     readings: VecDeque<Reading>,
 }
@@ -37,6 +36,19 @@ fn index(color: Color) -> usize {
 }
 
 impl TrafficLog {
+    /// The log of a proxy created at `now_ms`: its counters start at zero then, so
+    /// that is the first reading, and requests served before the sampler's first
+    /// tick are counted too.
+    pub fn new(now_ms: u64) -> Self {
+        let zero = Reading {
+            at_ms: now_ms,
+            colors: [(0, ColorStats::default()), (0, ColorStats::default())],
+        };
+        TrafficLog {
+            readings: VecDeque::from([zero]),
+        }
+    }
+
     /// Takes a reading of `proxy` at `now_ms`.
     pub fn record(&mut self, proxy: &Proxy, now_ms: u64) {
         let routes = proxy.routes();

@@ -178,7 +178,7 @@ function colorTag(color, revision) {
   }</span>`;
 }
 
-const PHASE_ICONS = { Healthy: "✓", Progressing: "↻", Paused: "⏸", Degraded: "⚠" };
+const PHASE_ICONS = { Healthy: "✓", Progressing: "↻", Paused: "‖", Degraded: "⚠" };
 
 function phaseBadge(rollout) {
   return html`<span class="phase phase-${rollout.phase.toLowerCase()}"><span aria-hidden="true">${
@@ -189,6 +189,9 @@ function phaseBadge(rollout) {
 /** "12 req/s · 99.5% ok · p99 4.0 ms" for one color's traffic summary. */
 function trafficLine(traffic) {
   if (!traffic) return html`<span class="muted">no traffic</span>`;
+  if (traffic.success_rate === null || traffic.success_rate === undefined) {
+    return html`<span class="traffic"><span>${rate(traffic.requests_per_second)} req/s</span> · <span class="muted">no responses</span></span>`;
+  }
   return html`<span class="traffic"><span>${rate(traffic.requests_per_second)} req/s</span> · <span>${percent(
     traffic.success_rate,
   )} ok</span> · <span>p99 ${millis(traffic.p99_ms)}</span></span>`;
@@ -272,7 +275,7 @@ function renderRollout(name) {
   fill("phase", phaseBadge(rollout));
   fill("status", statusPanel(rollout));
   fill("routes", routesPanel(rollout));
-  fill("colors", COLORS.map((color) => colorCard(rollout, color)));
+  fill("colors", html`${COLORS.map((color) => colorCard(rollout, color))}`);
   fill("charts", chartsPanel(name));
   fill("result", resultPanel(name));
   const history = state.history.get(name);
@@ -306,18 +309,27 @@ function statusPanel(rollout) {
   </div>`;
 }
 
+/**
+ * Where the proxy sends each route right now (`routes`, which follows the status
+ * within a reconcile pass), or, from a daemon without it, what the status implies.
+ */
+function currentRoutes(rollout) {
+  if (rollout.routes) return rollout.routes;
+  return { active: rollout.active_color ?? null, preview: previewSlot(rollout)?.color ?? null };
+}
+
 function routesPanel(rollout) {
-  const active = rollout.active_color
-    ? { color: rollout.active_color, revision: rollout.active_revision }
-    : null;
-  const preview = previewSlot(rollout);
+  const routes = currentRoutes(rollout);
+  const revisionOf = (color) => rollout.colors.find((c) => c.color === color)?.revision ?? null;
+  const active = routes.active ? { color: routes.active, revision: revisionOf(routes.active) } : null;
+  const preview = routes.preview ? { color: routes.preview, revision: revisionOf(routes.preview) } : null;
   // The preview address serves the active color when nothing is in preview, and
   // after an abort testers are sent back to the active color too.
-  const previewTarget = preview ? { color: preview.color, revision: preview.revision } : active;
+  const previewTarget = preview ?? active;
   const readyIn = (color) => rollout.colors.find((c) => c.color === color)?.ready ?? 0;
   const target = (t, why) => {
     if (!t) return html`<span class="muted">nothing yet (answers 503)</span>`;
-    return html`${colorTag(t.color)} revision ${t.revision}${
+    return html`${colorTag(t.color)}${t.revision !== null ? ` revision ${t.revision}` : ""}${
       readyIn(t.color) === 0 ? html` <span class="bad">— no ready instance, answers 503</span>` : ""
     }${why ? html` <span class="muted">(${why})</span>` : ""}`;
   };
@@ -395,9 +407,10 @@ function chartsPanel(name) {
     return html`<p class="muted">No traffic measured yet. Requests through the users' or testers' address show up here within a second.</p>`;
   }
   const to = samples[samples.length - 1].at_ms;
-  // At least a minute, at most the 5 minutes the daemon keeps.
+  // At least 30 s (so a fresh daemon's few samples do not fill the chart with a
+  // misleading slope), at most the 5 minutes the daemon keeps.
   const from = Math.max(samples[0].at_ms, to - 5 * 60_000);
-  const span = Math.max(60_000, to - from);
+  const span = Math.max(30_000, to - from);
   const container = main.querySelector('[data-slot="charts"]');
   const columns = container && container.clientWidth >= 900 ? 3 : 1;
   const width = ((container?.clientWidth || 600) - (columns - 1) * 16) / columns;
@@ -436,7 +449,7 @@ function chartsPanel(name) {
       const last = [...s.points].reverse().find(([, v]) => v !== null);
       return `${s.color} ${last ? metric.format(last[1]) : "–"}`;
     });
-    const label = `${metric.title} per color over the last ${Math.round(span / 60000)} min; latest: ${latest.join(", ") || "no data"}`;
+    const label = `${metric.title} per color over the last ${span >= 60_000 ? `${Math.round(span / 60_000)} min` : `${Math.round(span / 1000)} s`}; latest: ${latest.join(", ") || "no data"}`;
     return html`<figure class="chart-figure" data-chart="${metric.key}">
       <figcaption><strong>${metric.title}</strong>
         <span class="legend">${COLORS.map(
@@ -526,7 +539,11 @@ function plans(rollout) {
   else {
     const to = slot(candidate.slot.color, candidate.slot.revision);
     const whenReady =
-      stage === "Starting" ? ` ${candidate.slot.color} is not ready yet: the switch happens as soon as it is.` : "";
+      stage !== "Starting"
+        ? ""
+        : candidate.deadline_exceeded
+          ? ` ${candidate.slot.color} missed its progress deadline: the switch happens only if it ever becomes ready.`
+          : ` ${candidate.slot.color} is not ready yet: the switch happens as soon as it is.`;
     out.promote = {
       title: `Promote revision ${candidate.slot.revision}`,
       text: stable
@@ -565,7 +582,7 @@ function plans(rollout) {
   const target = undoTarget(rollout, history);
   if (!stable) out.undo = { why: "nothing is live yet" };
   else if (!history) out.undo = { why: "loading revisions…" };
-  else if (!target) out.undo = { why: "no other revision to go back to" };
+  else if (!target) out.undo = { why: "no earlier revision to go back to" };
   else {
     const retiring = status.retiring;
     const warm =
@@ -577,7 +594,9 @@ function plans(rollout) {
       title: `Undo to revision ${target.revision}`,
       text: warm
         ? `Undo to revision ${target.revision}: users move from ${from} back to ${warm.color} (revision ${warm.revision}) at once, because ${warm.color} still runs it warm. It is recorded as revision ${next}.`
-        : `Undo to revision ${target.revision}: its template is released again as revision ${next} in ${stable.color === "blue" ? "green" : "blue"}; users stay on ${from} until it is promoted.`,
+        : `Undo to revision ${target.revision}: its template is released again as revision ${next} in ${
+            stable.color === "blue" ? "green" : "blue"
+          }${candidate ? `, replacing revision ${candidate.slot.revision}` : ""}; users stay on ${from} until it is promoted.`,
       danger: true,
       body: { to_revision: target.revision },
     };
@@ -585,13 +604,21 @@ function plans(rollout) {
   return out;
 }
 
+/**
+ * Whether a revision can be undone to: undo releases an *earlier* template again, so
+ * it must be older than the live revision and run something else.
+ */
+function undoable(revision, stable) {
+  return Boolean(stable) && revision.revision < stable.revision && revision.template_hash !== stable.template_hash;
+}
+
 /** The revision chosen in the chooser, if it is a valid undo target. */
 function undoTarget(rollout, history) {
   if (!history) return null;
   const select = document.getElementById("undo-target");
   const chosen = Number(select?.value);
-  const stableHash = rollout.status?.stable?.template_hash;
-  return history.revisions.find((r) => r.revision === chosen && r.template_hash !== stableHash) ?? null;
+  const stable = rollout.status?.stable;
+  return history.revisions.find((r) => r.revision === chosen && undoable(r, stable)) ?? null;
 }
 
 /** Keeps the revision chooser in step with the history, keeping the person's choice. */
@@ -600,14 +627,17 @@ function updateUndoChooser(rollout) {
   if (!select) return;
   const history = state.history.get(rollout?.name)?.view;
   const stable = rollout?.status?.stable;
-  const revisions = history ? [...history.revisions].reverse() : [];
+  // Newer revisions than the live one (a candidate) are not listed: promote or
+  // abort is what applies to them.
+  const revisions = history && stable ? [...history.revisions].reverse().filter((r) => r.revision <= stable.revision) : [];
   const options = revisions.map((r) => {
-    const live = stable && r.template_hash === stable.template_hash;
-    return {
-      value: String(r.revision),
-      label: `revision ${r.revision}${r.revision === stable?.revision ? " (users are on it)" : live ? " (same as live)" : ""} — ${r.source}`,
-      disabled: Boolean(live),
-    };
+    const note =
+      r.revision === stable.revision
+        ? " (users are on it)"
+        : r.template_hash === stable.template_hash
+          ? " (same as live)"
+          : "";
+    return { value: String(r.revision), label: `revision ${r.revision}${note} — ${r.source}`, disabled: !undoable(r, stable) };
   });
   const signature = JSON.stringify(options);
   if (select.dataset.signature !== signature) {
@@ -625,9 +655,7 @@ function updateUndoChooser(rollout) {
     // Keep the person's choice; otherwise pick what the daemon would: the newest
     // revision before the live one with another template.
     const keep = options.find((o) => o.value === previous && !o.disabled);
-    const fallback =
-      options.find((o) => !o.disabled && stable && Number(o.value) < stable.revision) ??
-      options.find((o) => !o.disabled);
+    const fallback = options.find((o) => !o.disabled);
     select.value = keep ? keep.value : (fallback?.value ?? "");
   }
   select.disabled = state.busy || !options.some((o) => !o.disabled);

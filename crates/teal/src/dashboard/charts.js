@@ -67,9 +67,9 @@ export function lineChart({ label, width, from, to, floorMax, format, series }) 
       `<text class="axis" x="${PAD.left - 6}" y="${gy}" text-anchor="end" dominant-baseline="middle">${escape(format(max * share))}</text>`,
     );
   }
-  const minutes = Math.round(span / 60000);
+  const start = span >= 90_000 ? `−${Math.round(span / 60_000)} min` : `−${Math.round(span / 1000)} s`;
   parts.push(
-    `<text class="axis" x="${PAD.left}" y="${HEIGHT - 4}">${minutes >= 1 ? `−${minutes} min` : `−${Math.round(span / 1000)} s`}</text>`,
+    `<text class="axis" x="${PAD.left}" y="${HEIGHT - 4}">${start}</text>`,
     `<text class="axis" x="${w - PAD.right}" y="${HEIGHT - 4}" text-anchor="end">now</text>`,
   );
 

@@ -7,13 +7,14 @@
 // reload (a broken event stream, say) fails the test.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { after, before, beforeEach, test } from "node:test";
 
 import {
   BASE,
   TOKEN,
   Traffic,
   apiGet,
+  apiPost,
   applyDemo,
   eventually,
   killDaemon,
@@ -65,8 +66,16 @@ before(async () => {
   await eventually("traffic through shop", () => traffic.answers > 40);
 });
 
+beforeEach((t) => {
+  traffic.phase = t.name;
+});
+
 after(async () => {
   traffic.stop();
+  // For whoever reads a failure: what the steady traffic got that was not a 200.
+  // (Testers' 503s while a preview starts are expected: it has no ready instance.)
+  const odd = Object.entries(traffic.statuses).filter(([key]) => !key.startsWith("200 "));
+  if (odd.length) console.log("non-200 answers through shop:", Object.fromEntries(odd));
   await browser?.close();
 });
 
@@ -81,8 +90,8 @@ test("the list shows every rollout with its phase, active color and live traffic
   assert.equal(await page.evaluate(() => sessionStorage.getItem("teal.token")), TOKEN);
 
   const shop = page.locator('tr[data-rollout="shop"]');
-  await waitForText(shop, /shop Healthy .*blue .*revision 1 .*none/);
-  await waitForText(page.locator('tr[data-rollout="broken"]'), /broken Healthy .*blue .*revision 1/);
+  await waitForText(shop, /shop ✓ Healthy blue revision 1 none/);
+  await waitForText(page.locator('tr[data-rollout="broken"]'), /broken ✓ Healthy blue revision 1/);
   // Traffic summary from RolloutView.traffic: requests/s, success rate and p99.
   await waitForText(shop.locator(".cell-traffic"), /blue [1-9][\d.]* req\/s · 100% ok · p99 [\d.]+ (ms|s)/);
   await page.locator(".live-live").waitFor();
@@ -100,15 +109,17 @@ test("a new revision appears as Paused without a reload, and Promote moves users
   await applyDemo({ name: "shop", version: "v2" });
   await waitForText(page.locator('[data-slot="phase"]'), /Paused \(BlueGreenPause\)/);
   await waitForText(statusPanel(), /green \(revision 2\) is ready in preview; waiting for promote/);
-  await waitForText(card("green"), /green revision 2 preview .*2\/2 ready/);
-  await waitForText(card("blue"), /blue revision 1 active/);
+  await waitForText(card("green"), /green revision 2 preview .*2\/2 ready/i);
+  await waitForText(card("blue"), /blue revision 1 active/i);
   await waitForText(page.locator(".routes"), /Users http:\/\/\S+ → blue revision 1/);
   await waitForText(page.locator(".routes"), /Testers http:\/\/\S+ → green revision 2/);
   await waitForText(page.locator(".routes"), /with cookie test=true → green revision 2/);
-  await waitForText(page.locator('[data-slot="revisions"]'), /2 preview .* 1 users/);
+  await waitForText(page.locator('[data-slot="revisions"]'), /2 preview .* 1 users/i);
   assert.ok(await button("promote").isEnabled());
   assert.ok(await button("abort").isEnabled());
   assert.ok(await button("retry").isDisabled(), "retry with nothing aborted");
+  assert.ok(await button("undo").isDisabled(), "undo with nothing before revision 1");
+  await waitForText(page.locator("#hint-undo"), /no earlier revision to go back to/);
   // Both colors draw a line in every chart once the preview serves testers.
   await eventually("both colors charted", async () => (await page.locator(".chart .line-green").count()) === 3);
   assert.equal(await page.locator(".chart .line-blue").count(), 3);
@@ -125,8 +136,8 @@ test("a new revision appears as Paused without a reload, and Promote moves users
   await confirmDialog().waitFor({ state: "hidden" });
 
   await waitForText(page.locator('[data-slot="result"]'), /Promote revision 2: done\. revision 2 promoted/);
-  await waitForText(card("green"), /green revision 2 active/);
-  await waitForText(card("blue"), /blue revision 1 warm/);
+  await waitForText(card("green"), /green revision 2 active/i);
+  await waitForText(card("blue"), /blue revision 1 warm/i);
   await waitForText(statusPanel(), /users are on green \(revision 2\)/);
   await waitForText(page.locator('[data-slot="phase"]'), /Healthy/);
   await waitForText(page.locator(".routes"), /Users http:\/\/\S+ → green revision 2/);
@@ -155,7 +166,7 @@ test("Undo to revision 1 takes users back to blue at once, without a reload", as
   await confirmDialog().getByRole("button", { name: "Undo to revision 1" }).click();
 
   await waitForText(page.locator('[data-slot="result"]'), /Undo to revision 1: done\./);
-  await waitForText(card("blue"), /blue revision \d+ active/);
+  await waitForText(card("blue"), /blue revision \d+ active/i);
   await waitForText(statusPanel(), /users are on blue/);
   await waitForText(page.locator('[data-slot="events"]'), /undo/);
   const view = await rollout("shop");
@@ -189,7 +200,7 @@ test("a preview that never becomes ready shows why, and an abort says so", async
   // The message names the probe's answer, and every instance its problem.
   await waitForText(statusPanel(), /waiting for green \(revision 2\) to become ready: 0\/2 ready: .*503/);
   await waitForText(statusPanel().locator(".problems"), /green broken-green-r2-\d+: .*503/);
-  await waitForText(card("green"), /✗ not ready .*Problem: .*503/);
+  await waitForText(card("green"), /✗ not ready .*Problem: .*503/i);
   // After the 5-second progress deadline: Degraded, in the warning style.
   await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(ProgressDeadlineExceeded\)/, 20_000);
   await page.locator('[data-slot="status"] .status-warning').waitFor();
@@ -207,7 +218,7 @@ test("a preview that never becomes ready shows why, and an abort says so", async
   await confirmDialog().getByRole("button", { name: "Abort revision 2" }).click();
   await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(RolloutAborted\)/);
   await waitForText(statusPanel(), /revision 2 aborted: /);
-  await waitForText(card("green"), /green revision 2 aborted/);
+  await waitForText(card("green"), /green revision 2 aborted/i);
   assert.ok(await button("promote").isDisabled());
   await waitForText(page.locator("#hint-promote"), /revision 2 was aborted; retry it first/);
   assert.ok(await button("retry").isEnabled());
@@ -216,14 +227,28 @@ test("a preview that never becomes ready shows why, and an abort says so", async
   await screenshot(page, "aborted");
 });
 
+test("a command the daemon refuses shows its sentence", async () => {
+  // Someone else retries while this page's dialog is open; then this retry is refused.
+  await button("retry").click();
+  await confirmDialog().waitFor();
+  await apiPost("/api/v1/rollouts/broken/retry", null);
+  await confirmDialog().getByRole("button", { name: "Retry revision 2" }).click();
+  const result = page.locator('[data-slot="result"] .notice-error');
+  await waitForText(result, /nothing to retry: no aborted revision$/);
+  // The page caught up with the other person's retry by itself.
+  await waitForText(card("green"), /green revision 2 preview/i);
+  assert.ok(await button("retry").isDisabled());
+  await assertNoReload();
+});
+
 test("without a token the page asks for it, and a wrong token asks again", async () => {
   // A second tab with no token at all.
   const other = await context.newPage();
   watch(other);
   await other.goto(`${BASE}/#/rollouts/broken`);
   assert.equal(await other.evaluate(() => sessionStorage.getItem("teal.token")), null);
-  await other.locator('#actions button[data-verb="retry"]:not([disabled])').click();
-  await other.locator("dialog#confirm").getByRole("button", { name: "Retry revision 2" }).click();
+  await other.locator('#actions button[data-verb="abort"]:not([disabled])').click();
+  await other.locator("dialog#confirm").getByRole("button", { name: "Abort revision 2" }).click();
 
   // Asked before anything is sent.
   const dialog = other.locator("dialog#token-dialog");
@@ -238,20 +263,21 @@ test("without a token the page asks for it, and a wrong token asks again", async
   await dialog.locator("#token-input").fill(TOKEN);
   await dialog.getByRole("button", { name: "Use token" }).click();
 
-  // With the right one, the same retry goes through.
-  await waitForText(other.locator('[data-slot="result"]'), /Retry revision 2: done\. revision 2 retried/);
+  // With the right one, the same abort goes through.
+  await waitForText(other.locator('[data-slot="result"]'), /Abort revision 2: done\. revision 2 aborted/);
   assert.equal(await other.evaluate(() => sessionStorage.getItem("teal.token")), TOKEN);
   await other.close();
-  await waitForText(page.locator('[data-slot="phase"]'), /Progressing|Degraded \(ProgressDeadlineExceeded\)/);
+  await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(RolloutAborted\)/);
 
   // A stored token the daemon no longer accepts is cleared too, and cancelling sends nothing.
   await page.evaluate(() => sessionStorage.setItem("teal.token", "stale"));
-  await button("abort").click();
-  await confirmDialog().getByRole("button", { name: "Abort revision 2" }).click();
+  await button("retry").click();
+  await confirmDialog().getByRole("button", { name: "Retry revision 2" }).click();
   await waitForText(tokenDialog().locator("#token-error"), /refused the token/);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("teal.token")), null);
   await page.keyboard.press("Escape");
-  await waitForText(page.locator('[data-slot="result"]'), /Abort was not sent: the daemon needs its API token/);
+  await waitForText(page.locator('[data-slot="result"]'), /Retry was not sent: the daemon needs its API token/);
+  assert.equal((await rollout("broken")).reason, "RolloutAborted", "a retry went out without a token");
   await page.evaluate((token) => sessionStorage.setItem("teal.token", token), TOKEN);
   await assertNoReload();
 });
@@ -260,19 +286,34 @@ test("colors sit side by side on a laptop and stack on a phone, always named", a
   await page.evaluate(() => {
     location.hash = "#/rollouts/shop";
   });
-  await waitForText(card("blue"), /blue revision \d+ active/);
-  await waitForText(card("green"), /green revision 2 warm/);
+  await waitForText(page.locator("h1"), /^shop$/);
+  await waitForText(card("blue"), /blue revision \d+ active/i);
+  await card("green").waitFor();
   const wide = [await card("blue").boundingBox(), await card("green").boundingBox()];
-  assert.ok(Math.abs(wide[0].y - wide[1].y) < 2 && wide[1].x > wide[0].x + wide[0].width - 1, "side by side");
+  assert.ok(
+    Math.abs(wide[0].y - wide[1].y) < 2 && wide[1].x > wide[0].x + wide[0].width - 1,
+    `not side by side: ${JSON.stringify(wide)}`,
+  );
 
   await page.setViewportSize({ width: 390, height: 844 });
   await eventually("the colors to stack", async () => {
     const [blue, green] = [await card("blue").boundingBox(), await card("green").boundingBox()];
     return green.y >= blue.y + blue.height;
   });
-  // No horizontal scrolling on a phone.
-  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1));
+  // The charts are drawn again for the narrow screen, one under another.
+  await page.locator(".charts-1").waitFor();
   await screenshot(page, "rollout-phone");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await screenshot(page, "rollout-phone-dark");
+  await page.emulateMedia({ colorScheme: "light" });
+  // No horizontal scrolling on a phone: nothing sticks out to the right.
+  const tooWide = await page.evaluate(() =>
+    [...document.querySelectorAll("body *")]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((e) => `${e.tagName.toLowerCase()}.${e.className?.baseVal ?? e.className}`)
+      .slice(0, 5),
+  );
+  assert.deepEqual(tooWide, [], "elements wider than a phone's screen");
   await page.setViewportSize({ width: 1280, height: 900 });
 
   // The names are in the text, and the shapes differ, not only the hue.
@@ -296,7 +337,7 @@ test("a lost daemon shows a banner, and the page recovers by itself", async () =
   await page.locator("#banner").waitFor({ state: "hidden", timeout: 20_000 });
   await page.locator(".live-live").waitFor();
   // Fresh state from the new daemon, which adopted the running instances.
-  await waitForText(card("blue"), /blue revision \d+ active .*2\/2 ready/);
+  await waitForText(card("blue"), /blue revision \d+ active .*2\/2 ready/i);
   await assertNoReload();
 });
 

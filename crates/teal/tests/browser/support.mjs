@@ -43,7 +43,7 @@ export async function eventually(what, check, timeoutMs = 30_000) {
 }
 
 /** Waits until the locator's text matches; the failure shows the text it had. */
-export async function waitForText(locator, pattern, timeoutMs = 30_000) {
+export async function waitForText(locator, pattern, timeoutMs = 15_000) {
   let text = "";
   try {
     return await eventually(
@@ -139,6 +139,8 @@ export class Traffic {
     this.addresses = [];
     this.running = false;
     this.answers = 0;
+    /** "status color" → count, for diagnostics. */
+    this.statuses = {};
   }
 
   start() {
@@ -167,6 +169,8 @@ export class Traffic {
             .then(async (r) => {
               await r.arrayBuffer();
               this.answers++;
+              const key = `${r.status} ${r.headers.get("x-teal-color")} during ${this.phase}`;
+              this.statuses[key] = (this.statuses[key] ?? 0) + 1;
             })
             .catch(() => {}),
         ),

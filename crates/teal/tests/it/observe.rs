@@ -45,7 +45,7 @@ fn metrics_and_traffic_count_what_the_proxy_served() {
     assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 10);
 
     let traffic = eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the summary counts the 40 requests",
         || {
             let view = sandbox.get("meter");

@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{SpecError, SpecErrors, parse_documents};
+use crate::analysis::{BuiltinMetric, Condition, Measure, Metric, Provider, Types};
 use crate::spec::{
     AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe, ProbeAction,
     Process, RolloutSpec, Template,
 };
+
+mod analysis;
 
 const FILE: &str = "shop.yaml";
 const BASE: &str = "/srv/shop";
@@ -196,6 +199,11 @@ fn full_example_parses_to_the_expected_values() {
             abort_scale_down_delay: Some(Duration::from_secs(30)),
             preview_replica_count: Some(1),
             drain_timeout: Duration::from_secs(30),
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
+            load_test: None,
+            webhooks: Vec::new(),
+            notifications: Vec::new(),
         },
     };
     let expected_template = AnalysisTemplateSpec {
@@ -208,6 +216,22 @@ fn full_example_parses_to_the_expected_values() {
                 "provider": {"builtin": {"measure": "success-rate"}},
             }]
         }),
+        args: Vec::new(),
+        metrics: vec![Metric {
+            name: "success-rate".to_owned(),
+            interval: Some(Duration::from_secs(10)),
+            initial_delay: Duration::ZERO,
+            count: None,
+            success_condition: Some(Condition::parse("result >= 0.99", Types::NUMBER).unwrap()),
+            failure_condition: None,
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 4,
+            provider: Provider::Builtin(BuiltinMetric {
+                measure: Measure::SuccessRate,
+                color: None,
+            }),
+        }],
     };
     assert_eq!(
         documents,
@@ -250,6 +274,11 @@ fn defaults_are_applied() {
             abort_scale_down_delay: Some(Duration::from_secs(30)),
             preview_replica_count: None,
             drain_timeout: Duration::from_secs(30),
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
+            load_test: None,
+            webhooks: Vec::new(),
+            notifications: Vec::new(),
         }
     );
     assert_eq!(spec.preview_replicas(), 1);
@@ -852,7 +881,7 @@ fn duplicate_kind_and_name_in_one_file_is_rejected() {
     );
     // The same name for different kinds is fine.
     let template = "apiVersion: teal.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata:\n  name: \
-                    shop\nspec: {}\n";
+                    shop\nspec:\n  metrics: [{name: up, provider: {job: {command: [\"true\"]}}}]\n";
     let documents = parse(&format!("{MINIMAL}---\n{template}")).expect("valid");
     assert_eq!(documents.len(), 2);
 }
@@ -868,7 +897,7 @@ fn analysis_template_spec_must_be_a_mapping() {
 #[test]
 fn analysis_template_name_is_checked() {
     let text = "apiVersion: teal.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata:\n  name: \
-                Rate\nspec: {}\n";
+                Rate\nspec:\n  metrics: [{name: up, provider: {job: {command: [\"true\"]}}}]\n";
     let error = one_error(text);
     assert_error(&error, 4, 9, "metadata.name", "found \"Rate\"");
 }
