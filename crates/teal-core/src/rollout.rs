@@ -12,8 +12,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Color;
-use crate::spec::RolloutSpec;
+use crate::analysis::Phase as AnalysisPhase;
+use crate::spec::{RolloutSpec, WebhookKind};
 use crate::world::{Deployment, World};
+
+/// `Retiring::stop_at` while post-promotion analysis runs: kept until it passes.
+pub const KEPT_WARM: Millis = Millis::MAX;
 
 /// A revision number: 1 for the first template, +1 for every change.
 pub type Revision = u64;
@@ -43,8 +47,12 @@ impl fmt::Display for Slot {
 pub enum Stage {
     /// Preview instances are starting and must pass their readiness probes.
     Starting,
+    /// Ready in preview; pre-promotion analysis runs against it.
+    Analyzing,
     /// Ready in preview; waiting for a promote (or the auto-promotion delay).
     Paused,
+    /// Promoted, but the `confirm-promotion` webhook has not answered 2xx yet.
+    AwaitingConfirmation,
     /// Promoted: scaling to full size; the switch happens when all are ready.
     ScalingUp,
     /// Aborted: users stay on the stable color. `stopped` once the abort scale-down
@@ -76,6 +84,42 @@ pub struct Candidate {
     pub problem: Option<String>,
     /// The progress deadline passed before the candidate became ready.
     pub deadline_exceeded: bool,
+    /// Why a person must decide: analysis was inconclusive, so it is never promoted
+    /// automatically.
+    #[serde(default)]
+    pub hold: Option<String>,
+}
+
+/// Post-promotion analysis of the revision users were just switched to. While it
+/// runs, the old color stays warm whatever the scale-down delay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostAnalysis {
+    /// The revision under analysis (the stable one).
+    pub revision: Revision,
+    /// When the switch happened and the analysis started.
+    pub since: Millis,
+    /// Set when the analysis was inconclusive: a person decides (promote keeps the
+    /// revision, abort switches back).
+    pub hold: Option<String>,
+}
+
+/// Which analysis of a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnalysisKind {
+    /// `prePromotionAnalysis`: against the preview, before any user sees it.
+    PrePromotion,
+    /// `postPromotionAnalysis`: after the switch, while the old color is warm.
+    PostPromotion,
+}
+
+impl fmt::Display for AnalysisKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AnalysisKind::PrePromotion => "pre-promotion",
+            AnalysisKind::PostPromotion => "post-promotion",
+        })
+    }
 }
 
 /// The previous active color, kept warm after a switch for an instant undo.
@@ -108,6 +152,9 @@ pub struct Status {
     /// Times a candidate was aborted.
     #[serde(default)]
     pub aborts: u64,
+    /// Post-promotion analysis in progress, if any.
+    #[serde(default)]
+    pub post_analysis: Option<PostAnalysis>,
 }
 
 /// The knobs of the spec that the state machine reads.
@@ -127,6 +174,12 @@ pub struct Policy {
     pub abort_scale_down_delay: Option<Duration>,
     /// How long a candidate may take to become ready.
     pub progress_deadline: Duration,
+    /// The spec has `prePromotionAnalysis`.
+    pub pre_promotion_analysis: bool,
+    /// The spec has `postPromotionAnalysis`.
+    pub post_promotion_analysis: bool,
+    /// The spec has a `confirm-promotion` webhook.
+    pub confirm_promotion: bool,
 }
 
 impl From<&RolloutSpec> for Policy {
@@ -140,6 +193,12 @@ impl From<&RolloutSpec> for Policy {
             scale_down_delay: strategy.scale_down_delay,
             abort_scale_down_delay: strategy.abort_scale_down_delay,
             progress_deadline: spec.progress_deadline,
+            pre_promotion_analysis: strategy.pre_promotion_analysis.is_some(),
+            post_promotion_analysis: strategy.post_promotion_analysis.is_some(),
+            confirm_promotion: strategy
+                .webhooks
+                .iter()
+                .any(|hook| hook.kind == WebhookKind::ConfirmPromotion),
         }
     }
 }
@@ -179,6 +238,22 @@ pub enum Event {
     },
     /// A person asked to retry an aborted candidate.
     RetryRequested,
+    /// An analysis run ended.
+    AnalysisCompleted {
+        /// Which one.
+        kind: AnalysisKind,
+        /// The revision it analysed; a run of another revision is ignored.
+        revision: Revision,
+        /// Successful, Failed, Error or Inconclusive.
+        phase: AnalysisPhase,
+        /// Why, for anything but success.
+        message: String,
+    },
+    /// The `confirm-promotion` webhook answered 2xx for this revision.
+    PromotionConfirmed {
+        /// The revision it confirmed.
+        revision: Revision,
+    },
 }
 
 /// Why an event was refused; nothing changed.
@@ -207,6 +282,12 @@ pub enum Refusal {
     /// Promote of an aborted candidate.
     #[error("revision {revision} was aborted; run retry to release it again")]
     CandidateAborted {
+        /// The candidate.
+        revision: Revision,
+    },
+    /// Promote while the confirm-promotion webhook has not answered 2xx.
+    #[error("revision {revision} is promoted and waits for the confirm-promotion webhook")]
+    AwaitingConfirmation {
         /// The candidate.
         revision: Revision,
     },
@@ -293,10 +374,26 @@ impl Status {
             } => next.observe(color, &template_hash, ready, problem),
             Event::TimePassed => {}
             Event::PromoteRequested { expected_revision } => {
-                next.promote(expected_revision, now, &mut notes)?
+                next.promote(expected_revision, policy, now, &mut notes)?
             }
             Event::AbortRequested { reason } => next.abort(reason, now, &mut notes)?,
             Event::RetryRequested => next.retry(now, &mut notes)?,
+            Event::AnalysisCompleted {
+                kind,
+                revision,
+                phase,
+                message,
+            } => next.analysis_completed(kind, revision, phase, message, policy, now, &mut notes),
+            Event::PromotionConfirmed { revision } => {
+                if let Some(candidate) = next.candidate.as_mut().filter(|c| {
+                    c.slot.revision == revision && c.stage == Stage::AwaitingConfirmation
+                }) {
+                    notes.push(format!(
+                        "promotion of revision {revision} confirmed by webhook"
+                    ));
+                    candidate.enter(Stage::ScalingUp, now);
+                }
+            }
         }
         next.advance(policy, now, &mut notes);
         Ok(Transition {
@@ -314,6 +411,13 @@ impl Status {
         notes: &mut Vec<String>,
     ) {
         self.revision = revision;
+        // A new revision (or an undo) ends the post-promotion analysis of the current one.
+        if let Some(post) = self.post_analysis.take() {
+            notes.push(format!(
+                "post-promotion analysis of revision {} stopped by revision {revision}",
+                post.revision
+            ));
+        }
         let slot_in = |color| Slot {
             color,
             revision,
@@ -422,9 +526,22 @@ impl Status {
     fn promote(
         &mut self,
         expected: Option<Revision>,
+        policy: &Policy,
         now: Millis,
         notes: &mut Vec<String>,
     ) -> Result<(), Refusal> {
+        if self.candidate.is_none()
+            && let Some(post) = self.post_analysis.as_ref()
+            && expected.is_none_or(|e| e == post.revision)
+        {
+            // A person accepts the revision users are on; the old color's delay starts.
+            let revision = post.revision;
+            self.end_post_analysis(policy, now);
+            notes.push(format!(
+                "revision {revision} accepted by promote; post-promotion analysis no longer decides"
+            ));
+            return Ok(());
+        }
         let Some(candidate) = self.candidate.as_mut() else {
             if let Some(expected) = expected {
                 return Err(Refusal::StalePromote {
@@ -446,6 +563,7 @@ impl Status {
         match candidate.stage {
             Stage::Aborted { .. } => Err(Refusal::CandidateAborted { revision }),
             Stage::ScalingUp => Err(Refusal::AlreadyPromoting { revision }),
+            Stage::AwaitingConfirmation => Err(Refusal::AwaitingConfirmation { revision }),
             Stage::Starting => {
                 candidate.promote_requested = true;
                 notes.push(format!(
@@ -453,9 +571,18 @@ impl Status {
                 ));
                 Ok(())
             }
+            Stage::Analyzing => {
+                candidate.promote_requested = true;
+                notes.push(format!(
+                    "promote of revision {revision} accepted; it is promoted as soon as \
+                     pre-promotion analysis passes"
+                ));
+                Ok(())
+            }
             Stage::Paused => {
-                candidate.enter(Stage::ScalingUp, now);
+                candidate.hold = None;
                 notes.push(format!("revision {revision} promoted"));
+                candidate.promote(policy, now);
                 Ok(())
             }
         }
@@ -467,6 +594,10 @@ impl Status {
         now: Millis,
         notes: &mut Vec<String>,
     ) -> Result<(), Refusal> {
+        if self.candidate.is_none() && self.post_analysis.is_some() {
+            self.roll_back(&reason, now, notes);
+            return Ok(());
+        }
         let candidate = self.candidate.as_mut().ok_or(Refusal::NothingToAbort)?;
         let revision = candidate.slot.revision;
         if matches!(candidate.stage, Stage::Aborted { .. }) {
@@ -514,33 +645,26 @@ impl Status {
         };
         let revision = candidate.slot.revision;
         if candidate.stage == Stage::Starting && candidate.ready >= policy.preview_replicas {
-            if candidate.promote_requested {
+            if policy.pre_promotion_analysis {
                 notes.push(format!(
-                    "revision {revision} is ready; promoting as requested"
-                ));
-                candidate.enter(Stage::ScalingUp, now);
-            } else if policy.auto_promotion_enabled && policy.auto_promotion_delay.is_zero() {
-                notes.push(format!(
-                    "revision {revision} is ready; promoting automatically"
-                ));
-                candidate.enter(Stage::ScalingUp, now);
-            } else {
-                notes.push(format!(
-                    "revision {revision} is ready in preview on {}; paused for promotion",
+                    "revision {revision} is ready in preview on {}; pre-promotion analysis started",
                     candidate.slot.color
                 ));
-                candidate.enter(Stage::Paused, now);
+                candidate.enter(Stage::Analyzing, now);
+            } else {
+                candidate.ready_for_promotion(policy, now, notes);
             }
         }
         if candidate.stage == Stage::Paused
             && policy.auto_promotion_enabled
+            && candidate.hold.is_none()
             && now >= candidate.stage_since + ms(policy.auto_promotion_delay)
         {
             notes.push(format!(
                 "revision {revision} promoted automatically after {} in preview",
                 secs(policy.auto_promotion_delay)
             ));
-            candidate.enter(Stage::ScalingUp, now);
+            candidate.promote(policy, now);
         }
         if let Stage::Aborted { stopped: false, .. } = candidate.stage
             && let Some(delay) = policy.abort_scale_down_delay
@@ -578,6 +702,24 @@ impl Status {
         };
         let old = self.stable.replace(candidate.slot.clone());
         match old {
+            Some(old) if policy.post_promotion_analysis => {
+                self.switches += 1;
+                notes.push(format!(
+                    "switched users from {old} to {}; {} stays warm while post-promotion \
+                     analysis runs",
+                    candidate.slot, old.color,
+                ));
+                self.retiring = Some(Retiring {
+                    slot: old,
+                    stop_at: KEPT_WARM,
+                    ready: self.stable_ready,
+                });
+                self.post_analysis = Some(PostAnalysis {
+                    revision: candidate.slot.revision,
+                    since: now,
+                    hold: None,
+                });
+            }
             Some(old) => {
                 self.switches += 1;
                 notes.push(format!(
@@ -601,6 +743,139 @@ impl Status {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn analysis_completed(
+        &mut self,
+        kind: AnalysisKind,
+        revision: Revision,
+        phase: AnalysisPhase,
+        message: String,
+        policy: &Policy,
+        now: Millis,
+        notes: &mut Vec<String>,
+    ) {
+        let why = if message.is_empty() {
+            phase.to_string()
+        } else {
+            format!("{phase}: {message}")
+        };
+        match kind {
+            AnalysisKind::PrePromotion => {
+                let Some(candidate) = self
+                    .candidate
+                    .as_mut()
+                    .filter(|c| c.slot.revision == revision && c.stage == Stage::Analyzing)
+                else {
+                    return; // a run of an older attempt: nothing depends on it any more
+                };
+                match phase {
+                    AnalysisPhase::Successful => {
+                        notes.push(format!(
+                            "pre-promotion analysis of revision {revision} passed"
+                        ));
+                        candidate.ready_for_promotion(policy, now, notes);
+                    }
+                    AnalysisPhase::Inconclusive => {
+                        let reason = format!("pre-promotion analysis inconclusive: {message}");
+                        notes.push(format!(
+                            "revision {revision} paused: {reason}; promote or abort"
+                        ));
+                        candidate.promote_requested = false;
+                        candidate.hold = Some(reason);
+                        candidate.enter(Stage::Paused, now);
+                    }
+                    _ => {
+                        let reason = format!("pre-promotion analysis {why}");
+                        notes.push(format!("revision {revision} aborted: {reason}"));
+                        self.aborts += 1;
+                        candidate.enter(
+                            Stage::Aborted {
+                                stopped: false,
+                                reason,
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
+            AnalysisKind::PostPromotion => {
+                if self
+                    .post_analysis
+                    .as_ref()
+                    .is_none_or(|post| post.revision != revision || post.hold.is_some())
+                {
+                    return;
+                }
+                match phase {
+                    AnalysisPhase::Successful => {
+                        self.end_post_analysis(policy, now);
+                        notes.push(format!(
+                            "post-promotion analysis of revision {revision} passed{}",
+                            match &self.retiring {
+                                Some(r) => format!(
+                                    "; {} stays warm for {}",
+                                    r.slot.color,
+                                    secs(policy.scale_down_delay)
+                                ),
+                                None => String::new(),
+                            }
+                        ));
+                    }
+                    AnalysisPhase::Inconclusive => {
+                        let reason = format!("post-promotion analysis inconclusive: {message}");
+                        notes.push(format!(
+                            "revision {revision} held: {reason}; promote to keep it, abort to \
+                             switch back"
+                        ));
+                        if let Some(post) = self.post_analysis.as_mut() {
+                            post.hold = Some(reason);
+                        }
+                    }
+                    _ => {
+                        let reason = format!("post-promotion analysis {why}");
+                        self.roll_back(&reason, now, notes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Post-promotion analysis is over (passed or overruled): the old color's
+    /// scale-down delay starts now.
+    fn end_post_analysis(&mut self, policy: &Policy, now: Millis) {
+        self.post_analysis = None;
+        if let Some(retiring) = self.retiring.as_mut() {
+            retiring.stop_at = now + ms(policy.scale_down_delay);
+        }
+    }
+
+    /// Switches users back to the warm old color after a failed (or aborted)
+    /// post-promotion analysis; the failed revision becomes an aborted candidate.
+    fn roll_back(&mut self, reason: &str, now: Millis, notes: &mut Vec<String>) {
+        self.post_analysis = None;
+        let (Some(failed), Some(warm)) = (self.stable.clone(), self.retiring.take()) else {
+            return;
+        };
+        notes.push(format!(
+            "revision {} aborted: {reason}; switched users back to {}",
+            failed.revision, warm.slot
+        ));
+        let mut candidate = Candidate::new(
+            failed,
+            Stage::Aborted {
+                stopped: false,
+                reason: reason.to_owned(),
+            },
+            now,
+        );
+        candidate.ready = self.stable_ready;
+        self.candidate = Some(candidate);
+        self.stable = Some(warm.slot);
+        self.stable_ready = warm.ready;
+        self.switches += 1;
+        self.aborts += 1;
+    }
+
     /// What should run where for this status.
     pub fn world(&self, policy: &Policy) -> World {
         let mut world = World::default();
@@ -622,7 +897,10 @@ impl Status {
         if let Some(candidate) = &self.candidate {
             let color = candidate.slot.color;
             let (replicas, previewed) = match candidate.stage {
-                Stage::Starting | Stage::Paused => (policy.preview_replicas, true),
+                Stage::Starting
+                | Stage::Analyzing
+                | Stage::Paused
+                | Stage::AwaitingConfirmation => (policy.preview_replicas, true),
                 Stage::ScalingUp => (policy.replicas, true),
                 Stage::Aborted { stopped: false, .. } => (policy.preview_replicas, false),
                 Stage::Aborted { stopped: true, .. } => (0, false),
@@ -642,12 +920,12 @@ impl Status {
     /// When time alone changes something (a delay ends, a deadline passes).
     pub fn next_wake(&self, policy: &Policy) -> Option<Millis> {
         let mut wakes = Vec::new();
-        if let Some(retiring) = &self.retiring {
+        if let Some(retiring) = self.retiring.as_ref().filter(|r| r.stop_at != KEPT_WARM) {
             wakes.push(retiring.stop_at);
         }
         if let Some(candidate) = &self.candidate {
             match &candidate.stage {
-                Stage::Paused if policy.auto_promotion_enabled => {
+                Stage::Paused if policy.auto_promotion_enabled && candidate.hold.is_none() => {
                     wakes.push(candidate.stage_since + ms(policy.auto_promotion_delay))
                 }
                 Stage::Aborted { stopped: false, .. } => {
@@ -667,6 +945,14 @@ impl Status {
     /// The Argo phase and its reason.
     pub fn phase(&self) -> (Phase, Option<&'static str>) {
         match &self.candidate {
+            None if self
+                .post_analysis
+                .as_ref()
+                .is_some_and(|p| p.hold.is_some()) =>
+            {
+                (Phase::Paused, Some("AnalysisInconclusive"))
+            }
+            None if self.post_analysis.is_some() => (Phase::Progressing, None),
             None if self.stable.is_some() => (Phase::Healthy, None),
             None => (Phase::Progressing, None),
             Some(candidate) => match candidate.stage {
@@ -674,8 +960,12 @@ impl Status {
                 _ if candidate.deadline_exceeded => {
                     (Phase::Degraded, Some("ProgressDeadlineExceeded"))
                 }
+                Stage::Paused if candidate.hold.is_some() => {
+                    (Phase::Paused, Some("AnalysisInconclusive"))
+                }
                 Stage::Paused => (Phase::Paused, Some("BlueGreenPause")),
-                Stage::Starting | Stage::ScalingUp => (Phase::Progressing, None),
+                Stage::AwaitingConfirmation => (Phase::Paused, Some("WaitingPromotion")),
+                Stage::Starting | Stage::Analyzing | Stage::ScalingUp => (Phase::Progressing, None),
             },
         }
     }
@@ -683,9 +973,20 @@ impl Status {
     /// One sentence a person can act on.
     pub fn message(&self, policy: &Policy) -> String {
         let Some(candidate) = &self.candidate else {
-            return match &self.stable {
-                Some(stable) => format!("users are on {stable}"),
-                None => "nothing deployed yet".to_owned(),
+            return match (&self.stable, &self.post_analysis) {
+                (
+                    Some(stable),
+                    Some(PostAnalysis {
+                        hold: Some(hold), ..
+                    }),
+                ) => format!(
+                    "users are on {stable}; {hold}: promote to keep it, abort to switch back"
+                ),
+                (Some(stable), Some(_)) => {
+                    format!("users are on {stable}; post-promotion analysis running")
+                }
+                (Some(stable), None) => format!("users are on {stable}"),
+                (None, _) => "nothing deployed yet".to_owned(),
             };
         };
         let slot = &candidate.slot;
@@ -712,6 +1013,21 @@ impl Status {
                     candidate.ready, policy.preview_replicas
                 )
             }
+            Stage::Analyzing => format!(
+                "{slot} is ready in preview; pre-promotion analysis running{}",
+                if candidate.promote_requested {
+                    " (promote requested)"
+                } else {
+                    ""
+                }
+            ),
+            Stage::AwaitingConfirmation => format!(
+                "{slot} is promoted; waiting for the confirm-promotion webhook to answer 2xx"
+            ),
+            Stage::Paused if candidate.hold.is_some() => format!(
+                "{slot} is paused: {}; promote or abort",
+                candidate.hold.as_deref().unwrap_or_default()
+            ),
             Stage::Paused => format!(
                 "{slot} is ready in preview; waiting for promote{}",
                 if policy.auto_promotion_enabled {
@@ -757,12 +1073,46 @@ impl Candidate {
             ready: 0,
             problem: None,
             deadline_exceeded: false,
+            hold: None,
         }
     }
 
     fn enter(&mut self, stage: Stage, now: Millis) {
         self.stage = stage;
         self.stage_since = now;
+    }
+
+    /// Promoted: the switch waits for a confirm-promotion webhook when there is one.
+    fn promote(&mut self, policy: &Policy, now: Millis) {
+        let stage = if policy.confirm_promotion {
+            Stage::AwaitingConfirmation
+        } else {
+            Stage::ScalingUp
+        };
+        self.enter(stage, now);
+    }
+
+    /// Ready in preview and past any pre-promotion analysis: promote if asked to (or
+    /// automatically), else pause for a person.
+    fn ready_for_promotion(&mut self, policy: &Policy, now: Millis, notes: &mut Vec<String>) {
+        let revision = self.slot.revision;
+        if self.promote_requested {
+            notes.push(format!(
+                "revision {revision} is ready; promoting as requested"
+            ));
+            self.promote(policy, now);
+        } else if policy.auto_promotion_enabled && policy.auto_promotion_delay.is_zero() {
+            notes.push(format!(
+                "revision {revision} is ready; promoting automatically"
+            ));
+            self.promote(policy, now);
+        } else {
+            notes.push(format!(
+                "revision {revision} is ready in preview on {}; paused for promotion",
+                self.slot.color
+            ));
+            self.enter(Stage::Paused, now);
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use crate::world::World;
 
 use Color::{Blue, Green};
 
+mod analysis;
+
 fn policy() -> Policy {
     Policy {
         replicas: 2,
@@ -16,6 +18,9 @@ fn policy() -> Policy {
         scale_down_delay: Duration::from_secs(30),
         abort_scale_down_delay: Some(Duration::from_secs(30)),
         progress_deadline: Duration::from_secs(600),
+        pre_promotion_analysis: false,
+        post_promotion_analysis: false,
+        confirm_promotion: false,
     }
 }
 
