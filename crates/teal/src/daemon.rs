@@ -5,6 +5,7 @@
 //! changes are decided one at a time under `decisions`, and each is committed to the
 //! store before anyone is answered. Only reconcilers start, route and stop things.
 
+mod analysis;
 mod listeners;
 mod reconciler;
 mod traffic;
@@ -61,6 +62,8 @@ struct Runtime {
     stop: watch::Sender<bool>,
     /// Readings of the proxy's counters, for rates and latencies.
     traffic: Mutex<traffic::TrafficLog>,
+    /// The analysis run, load test and webhook gates in progress.
+    analysis: Mutex<analysis::Tasks>,
 }
 
 /// The daemon's shared state.
@@ -165,6 +168,7 @@ impl Daemon {
             routes: Mutex::new((None, None)),
             stop,
             traffic: Mutex::new(traffic::TrafficLog::new(now_ms())),
+            analysis: Mutex::new(analysis::Tasks::default()),
         });
         listeners.serve(
             &proxy,
@@ -207,7 +211,25 @@ impl Daemon {
             ),
             details: errors.0.iter().map(ToString::to_string).collect(),
         })?;
+        self.check_analysis_templates(&request.file, &documents)?;
         let _decision = self.decisions.lock().await;
+        let before: Vec<(RolloutSpec, teal_core::rollout::Status)> = documents
+            .iter()
+            .filter_map(|document| match document {
+                Document::Rollout(spec) => Some(spec),
+                Document::AnalysisTemplate(_) => None,
+            })
+            .map(|spec| {
+                let status = self
+                    .store
+                    .rollout(&spec.name)
+                    .ok()
+                    .flatten()
+                    .map(|stored| stored.status)
+                    .unwrap_or_default();
+                (spec.clone(), status)
+            })
+            .collect();
 
         // Bind every new listener first: a port in use rejects the whole apply before
         // anything is stored.
@@ -248,6 +270,11 @@ impl Daemon {
             Ok(results)
         })?;
 
+        for (spec, old) in &before {
+            if let Ok(Some(stored)) = self.store.rollout(&spec.name) {
+                analysis::notify(spec, old, &stored.status);
+            }
+        }
         for (name, listeners) in bound {
             match self.runtime(&name) {
                 Some(runtime) => listeners.serve(
@@ -260,6 +287,55 @@ impl Daemon {
         }
         self.changes.send_modify(|n| *n += 1);
         Ok(ApplyResponse { results })
+    }
+
+    /// Every AnalysisTemplate a rollout's analysis names must be applied already or be
+    /// in the same file: otherwise the analysis could only fail when it starts.
+    fn check_analysis_templates(
+        &self,
+        file: &str,
+        documents: &[Document],
+    ) -> Result<(), DaemonError> {
+        let in_file: Vec<&str> = documents
+            .iter()
+            .filter_map(|document| match document {
+                Document::AnalysisTemplate(template) => Some(template.name.as_str()),
+                Document::Rollout(_) => None,
+            })
+            .collect();
+        let mut missing = Vec::new();
+        for document in documents {
+            let Document::Rollout(spec) = document else {
+                continue;
+            };
+            let strategy = &spec.strategy;
+            for (field, analysis) in [
+                ("prePromotionAnalysis", &strategy.pre_promotion_analysis),
+                ("postPromotionAnalysis", &strategy.post_promotion_analysis),
+            ] {
+                for template in analysis.iter().flat_map(|a| a.templates.iter()) {
+                    if in_file.contains(&template.as_str())
+                        || self.store.analysis_template(template)?.is_some()
+                    {
+                        continue;
+                    }
+                    missing.push(format!(
+                        "{file}: rollout {}: spec.strategy.blueGreen.{field} names AnalysisTemplate \
+                         \"{template}\", which is not applied (apply it first, or put it in this file)",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(DaemonError::Invalid {
+            message: format!(
+                "{file} names analysis templates teal does not have; nothing was changed"
+            ),
+            details: missing,
+        })
     }
 
     /// Runs one event through the state machine and stores the outcome.
@@ -282,6 +358,10 @@ impl Daemon {
                 writer.put_rollout(&stored.spec, &transition.status, now)?;
                 writer.record(name, cause, &transition.notes, now)
             })?;
+            for note in &transition.notes {
+                tracing::info!("rollout {name}: {note} ({cause})");
+            }
+            analysis::notify(&stored.spec, &stored.status, &transition.status);
             transition.notes
         };
         self.wake(name);

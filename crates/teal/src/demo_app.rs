@@ -30,6 +30,10 @@ pub struct DemoAppOptions {
     /// Delay before every answer, in milliseconds.
     #[arg(long, env = "DEMO_DELAY_MS", default_value_t = 0)]
     pub delay_ms: u64,
+    /// Apply the fail rate only after this many requests were answered: a version
+    /// that looks fine in preview and breaks under real traffic.
+    #[arg(long, env = "DEMO_FAIL_AFTER", default_value_t = 0)]
+    pub fail_after: u64,
     /// `/ready` always answers 503.
     #[arg(long, env = "DEMO_NEVER_READY", default_value_t = false)]
     pub never_ready: bool,
@@ -110,7 +114,8 @@ impl App {
         // Deterministic spread: request n fails when the running share crosses a whole
         // number, so a rate of 0.25 fails exactly one request in four.
         let rate = self.options.fail_rate.clamp(0.0, 1.0);
-        let fails = ((count + 1) as f64 * rate).floor() > (count as f64 * rate).floor();
+        let fails = count >= self.options.fail_after
+            && ((count + 1) as f64 * rate).floor() > (count as f64 * rate).floor();
         if fails {
             return self.text(
                 StatusCode::INTERNAL_SERVER_ERROR,

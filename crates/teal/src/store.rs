@@ -9,12 +9,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use teal_core::analysis::{AnalysisRun, Phase as AnalysisPhase};
 use teal_core::api::{HistoryEntry, RevisionView};
-use teal_core::rollout::{Revision, Status};
+use teal_core::rollout::{AnalysisKind, Revision, Status};
 use teal_core::spec::{AnalysisTemplateSpec, RolloutSpec, Template};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the applied ones.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE rollouts (
         name        TEXT PRIMARY KEY,
         spec        TEXT NOT NULL,
@@ -44,7 +46,46 @@ const MIGRATIONS: &[&str] = &["
         spec        TEXT NOT NULL,
         updated_at  INTEGER NOT NULL
     );
-"];
+",
+    "
+    ALTER TABLE analysis_templates ADD COLUMN typed TEXT;
+    CREATE TABLE analysis_runs (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout      TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        revision     INTEGER NOT NULL,
+        since        INTEGER NOT NULL,
+        phase        TEXT NOT NULL,
+        message      TEXT,
+        run          TEXT NOT NULL,
+        started_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        UNIQUE (rollout, kind, revision, since)
+    );
+    CREATE INDEX analysis_runs_by_rollout ON analysis_runs (rollout, id);
+",
+];
+
+/// One stored analysis run.
+#[derive(Clone, Debug)]
+pub struct StoredRun {
+    /// Its id, in the order runs started.
+    pub id: i64,
+    /// Pre- or post-promotion.
+    pub kind: AnalysisKind,
+    /// The revision analysed.
+    pub revision: Revision,
+    /// When the state machine asked for it (with kind and revision, its identity).
+    pub since: u64,
+    /// Its phase; `Running` until it ends.
+    pub phase: AnalysisPhase,
+    /// Why it ended as it did.
+    pub message: Option<String>,
+    /// Every metric and measurement.
+    pub run: AnalysisRun,
+    /// When it last changed.
+    pub updated_at: u64,
+}
 
 /// A stored rollout.
 #[derive(Clone, Debug)]
@@ -132,6 +173,90 @@ impl Store {
     pub fn template(&self, rollout: &str, revision: Revision) -> anyhow::Result<Option<Template>> {
         let connection = self.lock();
         read_template(&connection, rollout, revision)
+    }
+
+    /// An analysis template, typed. None if never applied (or applied by a teal too old
+    /// to store it typed: apply it again).
+    pub fn analysis_template(&self, name: &str) -> anyhow::Result<Option<AnalysisTemplateSpec>> {
+        let connection = self.lock();
+        let typed: Option<Option<String>> = connection
+            .query_row(
+                "SELECT typed FROM analysis_templates WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        typed
+            .flatten()
+            .map(|t| serde_json::from_str(&t).context("a stored analysis template is unreadable"))
+            .transpose()
+    }
+
+    /// The run of `kind` for `revision` asked for at `since`, if it was started.
+    pub fn analysis_run(
+        &self,
+        rollout: &str,
+        kind: AnalysisKind,
+        revision: Revision,
+        since: u64,
+    ) -> anyhow::Result<Option<StoredRun>> {
+        let connection = self.lock();
+        let mut runs = read_runs(
+            &connection,
+            "rollout = ?1 AND kind = ?2 AND revision = ?3 AND since = ?4",
+            params![rollout, kind_name(kind), revision as i64, since as i64],
+        )?;
+        Ok(runs.pop())
+    }
+
+    /// A rollout's runs, oldest first; only those of `revision` when given.
+    pub fn analysis_runs(
+        &self,
+        rollout: &str,
+        revision: Option<Revision>,
+    ) -> anyhow::Result<Vec<StoredRun>> {
+        let connection = self.lock();
+        match revision {
+            Some(revision) => read_runs(
+                &connection,
+                "rollout = ?1 AND revision = ?2",
+                params![rollout, revision as i64],
+            ),
+            None => read_runs(&connection, "rollout = ?1", params![rollout]),
+        }
+    }
+
+    /// Stores a run's progress (creating it the first time); returns its id.
+    pub fn put_analysis_run(
+        &self,
+        rollout: &str,
+        kind: AnalysisKind,
+        revision: Revision,
+        since: u64,
+        run: &AnalysisRun,
+        now: u64,
+    ) -> anyhow::Result<i64> {
+        let connection = self.lock();
+        let id = connection.query_row(
+            "INSERT INTO analysis_runs (rollout, kind, revision, since, phase, message, run, started_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (rollout, kind, revision, since)
+             DO UPDATE SET phase = ?5, message = ?6, run = ?7, updated_at = ?9
+             RETURNING id",
+            params![
+                rollout,
+                kind_name(kind),
+                revision as i64,
+                since as i64,
+                run.phase().as_str(),
+                run.message(),
+                serde_json::to_string(run)?,
+                run.started_at as i64,
+                now as i64
+            ],
+            |row| row.get(0),
+        )?;
+        Ok(id)
     }
 
     /// Revisions, oldest first.
@@ -272,23 +397,37 @@ impl Writer<'_> {
         now: u64,
     ) -> anyhow::Result<bool> {
         let spec = serde_json::to_string(&template.spec)?;
-        let old: Option<String> = self
+        let typed = serde_json::to_string(template)?;
+        let old: Option<Option<String>> = self
             .tx
             .query_row(
-                "SELECT spec FROM analysis_templates WHERE name = ?1",
+                "SELECT typed FROM analysis_templates WHERE name = ?1",
                 [&template.name],
                 |row| row.get(0),
             )
             .optional()?;
-        if old.as_deref() == Some(spec.as_str()) {
+        if old.flatten().as_deref() == Some(typed.as_str()) {
             return Ok(false);
         }
         self.tx.execute(
-            "INSERT INTO analysis_templates (name, spec, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET spec = ?2, updated_at = ?3",
-            params![template.name, spec, now as i64],
+            "INSERT INTO analysis_templates (name, spec, typed, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET spec = ?2, typed = ?3, updated_at = ?4",
+            params![template.name, spec, typed, now as i64],
         )?;
         Ok(true)
+    }
+
+    /// True when an analysis template of this name was applied.
+    pub fn has_analysis_template(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .tx
+            .query_row(
+                "SELECT 1 FROM analysis_templates WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 }
 
@@ -344,4 +483,54 @@ fn decode_rollout(spec: &str, status: &str, updated_at: i64) -> anyhow::Result<S
         status: serde_json::from_str(status).context("a stored status is unreadable")?,
         updated_at: updated_at as u64,
     })
+}
+
+fn kind_name(kind: AnalysisKind) -> &'static str {
+    match kind {
+        AnalysisKind::PrePromotion => "pre-promotion",
+        AnalysisKind::PostPromotion => "post-promotion",
+    }
+}
+
+fn read_runs(
+    connection: &Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<StoredRun>> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT id, kind, revision, since, message, run, updated_at FROM analysis_runs
+         WHERE {filter} ORDER BY id"
+    ))?;
+    let rows = statement.query_map(params, |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, i64>(3)?,
+            row.get::<_, Option<String>>(4)?,
+            row.get::<_, String>(5)?,
+            row.get::<_, i64>(6)?,
+        ))
+    })?;
+    let mut runs = Vec::new();
+    for row in rows {
+        let (id, kind, revision, since, message, run, updated_at) = row?;
+        let run: AnalysisRun =
+            serde_json::from_str(&run).context("a stored analysis run is unreadable")?;
+        runs.push(StoredRun {
+            id,
+            kind: if kind == "post-promotion" {
+                AnalysisKind::PostPromotion
+            } else {
+                AnalysisKind::PrePromotion
+            },
+            revision: revision as Revision,
+            since: since as u64,
+            phase: run.phase(),
+            message,
+            run,
+            updated_at: updated_at as u64,
+        });
+    }
+    Ok(runs)
 }

@@ -85,6 +85,9 @@ pub struct Measurement {
     pub value: Option<Value>,
     /// Why the value could not be taken. Wins over `value`.
     pub error: Option<String>,
+    /// What a job printed (the end of it), kept with the measurement.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 impl Measurement {
@@ -93,6 +96,7 @@ impl Measurement {
         Measurement {
             value: Some(value),
             error: None,
+            output: None,
         }
     }
 
@@ -106,6 +110,7 @@ impl Measurement {
         Measurement {
             value: None,
             error: Some(message.into()),
+            output: None,
         }
     }
 }
@@ -205,6 +210,9 @@ pub struct MeasurementRecord {
     pub started_at: Millis,
     /// When it finished; the next one is due an interval after this.
     pub finished_at: Millis,
+    /// What a job printed (the end of it).
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// One metric of a run: its (resolved) spec, measurements and counters.
@@ -306,6 +314,7 @@ impl MetricRun {
             message: assessment.message,
             started_at,
             finished_at,
+            output: measurement.output.clone(),
         });
         if self.measurements.len() > MEASUREMENT_HISTORY_LIMIT {
             let excess = self.measurements.len() - MEASUREMENT_HISTORY_LIMIT;

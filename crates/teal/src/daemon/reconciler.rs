@@ -50,10 +50,18 @@ pub(super) async fn run(
 }
 
 /// One pass; returns when time alone will change something.
-async fn pass(daemon: &Daemon, name: &str, runtime: &Runtime) -> anyhow::Result<Option<u64>> {
+async fn pass(daemon: &Arc<Daemon>, name: &str, runtime: &Runtime) -> anyhow::Result<Option<u64>> {
     let Some((spec, status)) = decide(daemon, name, runtime).await? else {
         return Ok(None);
     };
+    super::analysis::sync(
+        daemon,
+        name,
+        &mut runtime.analysis.lock().expect("analysis lock"),
+        &runtime.proxy,
+        &spec,
+        &status,
+    );
     let policy = Policy::from(&spec);
     let desired = status.world(&policy);
     let groups = daemon.platform.observe(name);
@@ -117,6 +125,7 @@ async fn decide(
         for note in &notes {
             tracing::info!("rollout {name}: {note}");
         }
+        super::analysis::notify(&stored.spec, &stored.status, &status);
         daemon.changes.send_modify(|n| *n += 1);
     }
     Ok(Some((stored.spec, status)))
