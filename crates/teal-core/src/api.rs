@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Color;
-use crate::rollout::{Phase, Revision, Status};
+use crate::analysis::{AnalysisRun, Phase as AnalysisPhase};
+use crate::rollout::{AnalysisKind, Phase, Revision, Status};
 
 /// `POST /api/v1/apply`: a spec file as text.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,6 +108,159 @@ pub struct RolloutView {
     pub traffic: Vec<ColorTraffic>,
     /// The state machine's status as stored.
     pub status: Status,
+    /// The latest analysis run of the newest revision, if it had one.
+    #[serde(default)]
+    pub analysis: Option<AnalysisRunView>,
+}
+
+/// `GET /api/v1/rollouts/{name}/analysis[?revision=N]`: runs, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnalysisView {
+    /// The runs.
+    pub runs: Vec<AnalysisRunView>,
+}
+
+/// One analysis run as people see it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnalysisRunView {
+    /// Its id, in the order runs started.
+    pub id: i64,
+    /// Pre- or post-promotion.
+    pub kind: AnalysisKind,
+    /// The revision analysed.
+    pub revision: Revision,
+    /// The templates it runs, comma-separated.
+    pub templates: String,
+    /// Running, Successful, Failed, Error or Inconclusive.
+    pub phase: AnalysisPhase,
+    /// Why, for anything but success.
+    pub message: Option<String>,
+    /// When it started (ms since the epoch).
+    pub started_at_ms: u64,
+    /// When it last changed.
+    pub updated_at_ms: u64,
+    /// Every metric with its latest measurements.
+    pub metrics: Vec<MetricView>,
+}
+
+/// One metric of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetricView {
+    /// The metric's name.
+    pub name: String,
+    /// `builtin`, `prometheus`, `web` or `job`.
+    pub provider: String,
+    /// What is measured, in a few words (the built-in measure, the query, the URL or
+    /// the command).
+    pub measures: String,
+    /// `successCondition`.
+    pub success_condition: Option<String>,
+    /// `failureCondition`.
+    pub failure_condition: Option<String>,
+    /// Pending, Running or final.
+    pub phase: AnalysisPhase,
+    /// Why.
+    pub message: Option<String>,
+    /// Measurements that were not errors.
+    pub count: u32,
+    /// Successful measurements.
+    pub successful: u32,
+    /// Failed measurements.
+    pub failed: u32,
+    /// Inconclusive measurements.
+    pub inconclusive: u32,
+    /// Errors.
+    pub errors: u32,
+    /// The latest measurements, oldest first.
+    pub measurements: Vec<MeasurementView>,
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MeasurementView {
+    /// Its verdict.
+    pub phase: AnalysisPhase,
+    /// The value, as text (`0.99`, `[1, 2]`), if one was measured.
+    pub value: Option<String>,
+    /// Why, for anything but success.
+    pub message: Option<String>,
+    /// What a job printed (its end).
+    pub output: Option<String>,
+    /// When it started.
+    pub started_at_ms: u64,
+    /// When it finished.
+    pub finished_at_ms: u64,
+}
+
+impl AnalysisRunView {
+    /// The view of a run.
+    pub fn new(
+        id: i64,
+        kind: AnalysisKind,
+        revision: Revision,
+        run: &AnalysisRun,
+        updated_at_ms: u64,
+    ) -> Self {
+        use crate::analysis::Provider;
+        AnalysisRunView {
+            id,
+            kind,
+            revision,
+            templates: run.template.clone(),
+            phase: run.phase(),
+            message: run.message(),
+            started_at_ms: run.started_at,
+            updated_at_ms,
+            metrics: run
+                .metrics
+                .iter()
+                .map(|metric| MetricView {
+                    name: metric.metric.name.clone(),
+                    provider: metric.metric.provider.kind().to_owned(),
+                    measures: match &metric.metric.provider {
+                        Provider::Builtin(builtin) => match builtin.color {
+                            Some(service) => {
+                                format!("{} ({service:?})", builtin.measure).to_lowercase()
+                            }
+                            None => builtin.measure.to_string(),
+                        },
+                        Provider::Prometheus(prometheus) => prometheus.query.clone(),
+                        Provider::Web(web) => web.url.clone(),
+                        Provider::Job(job) => job.command.join(" "),
+                    },
+                    success_condition: metric
+                        .metric
+                        .success_condition
+                        .as_ref()
+                        .map(|c| c.source().to_owned()),
+                    failure_condition: metric
+                        .metric
+                        .failure_condition
+                        .as_ref()
+                        .map(|c| c.source().to_owned()),
+                    phase: metric.phase,
+                    message: metric.message.clone(),
+                    count: metric.count,
+                    successful: metric.successful,
+                    failed: metric.failed,
+                    inconclusive: metric.inconclusive,
+                    errors: metric.errors,
+                    measurements: metric
+                        .measurements
+                        .iter()
+                        .map(|m| MeasurementView {
+                            phase: m.phase,
+                            value: m.value.as_ref().map(ToString::to_string),
+                            message: m.message.clone(),
+                            output: m.output.clone(),
+                            started_at_ms: m.started_at,
+                            finished_at_ms: m.finished_at,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The colors the proxy routes to now.

@@ -202,6 +202,19 @@ Examples:
         #[arg(long, value_parser = parse_duration, default_value = DEFAULT_TIMEOUT, requires = "wait")]
         timeout: Duration,
     },
+    /// Analysis runs of a rollout: every metric, its measurements and verdict.
+    #[command(after_help = "\
+Examples:
+  teal analysis shop
+  teal analysis shop --revision 3
+  teal analysis shop -o json")]
+    Analysis {
+        /// The rollout.
+        name: String,
+        /// Only the runs of this revision.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
     /// Revisions and the audit trail of a rollout.
     #[command(after_help = "\
 Examples:
@@ -509,6 +522,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 )
                 .await
+        }
+        Command::Analysis { name, revision } => {
+            let path = match revision {
+                Some(revision) => {
+                    format!(
+                        "/api/v1/rollouts/{}/analysis?revision={revision}",
+                        encode(&name)
+                    )
+                }
+                None => format!("/api/v1/rollouts/{}/analysis", encode(&name)),
+            };
+            let view: teal_core::api::AnalysisView = client().get(&path).await?;
+            print(json, &view, || render::analysis(&view))
         }
         Command::History { name } => {
             let history: HistoryView = client()

@@ -112,6 +112,19 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The analysis runs of one rollout, oldest first; of one revision when given.
+    pub fn analysis(
+        &self,
+        name: &str,
+        revision: Option<teal_core::rollout::Revision>,
+    ) -> Result<teal_core::api::AnalysisView, DaemonError> {
+        self.stored(name)?;
+        let runs = self.store.analysis_runs(name, revision)?;
+        Ok(teal_core::api::AnalysisView {
+            runs: runs.iter().map(view::run_view).collect(),
+        })
+    }
+
     /// The traffic history of one rollout.
     pub fn traffic(&self, name: &str) -> Result<teal_core::api::TrafficView, DaemonError> {
         self.stored(name)?;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use teal_core::Color;
-use teal_core::api::{ApplyResponse, ColorView, HistoryView, InstanceView, RolloutView};
+use teal_core::api::{
+    AnalysisRunView, AnalysisView, ApplyResponse, ColorView, HistoryView, InstanceView, RolloutView,
+};
 use teal_core::rollout::{Phase, Revision};
 
 /// `Paused (BlueGreenPause)`.
@@ -461,7 +463,110 @@ pub fn tree(rollout: &RolloutView, commands: &Commands, style: Style) -> String 
         );
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    if let Some(run) = &rollout.analysis {
+        out.push('\n');
+        out.push_str(&analysis_run(run));
+    }
     out
+}
+
+/// One analysis run: its verdict, then a line per metric with its last value.
+pub fn analysis_run(run: &AnalysisRunView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Analysis:      {} of revision {} ({}): {}{}",
+        run.kind,
+        run.revision,
+        run.templates,
+        run.phase,
+        run.message
+            .as_deref()
+            .map(|m| format!(" — {m}"))
+            .unwrap_or_default()
+    );
+    let rows: Vec<[String; 5]> = run
+        .metrics
+        .iter()
+        .map(|metric| {
+            let last = metric.measurements.last();
+            let condition = match (&metric.success_condition, &metric.failure_condition) {
+                (Some(success), Some(failure)) => format!("{success} / fail: {failure}"),
+                (Some(success), None) => success.clone(),
+                (None, Some(failure)) => format!("fail: {failure}"),
+                (None, None) => String::new(),
+            };
+            [
+                metric.name.clone(),
+                format!("{} {}", metric.provider, metric.measures),
+                metric.phase.to_string(),
+                format!(
+                    "{} ({}✓ {}✗ {}? {}!)",
+                    last.and_then(|m| m.value.clone())
+                        .unwrap_or_else(|| "-".to_owned()),
+                    metric.successful,
+                    metric.failed,
+                    metric.inconclusive,
+                    metric.errors
+                ),
+                condition,
+            ]
+        })
+        .collect();
+    let header = ["METRIC", "MEASURES", "PHASE", "LAST (✓✗?!)", "CONDITION"];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count().min(48))
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+                + 2
+        })
+        .collect();
+    let line = |out: &mut String, cells: [&str; 5]| {
+        let mut text = String::from("  ");
+        for (cell, width) in cells.iter().zip(&widths) {
+            let cell: String = if cell.chars().count() > 48 {
+                cell.chars().take(47).chain(['…']).collect()
+            } else {
+                (*cell).to_owned()
+            };
+            let pad = width.saturating_sub(cell.chars().count());
+            text.push_str(&cell);
+            text.push_str(&" ".repeat(pad));
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut out, header);
+    for row in &rows {
+        line(&mut out, [&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    for metric in &run.metrics {
+        if let Some(message) = metric.message.as_deref().filter(|_| {
+            !matches!(
+                metric.phase,
+                teal_core::analysis::Phase::Successful | teal_core::analysis::Phase::Pending
+            )
+        }) {
+            let _ = writeln!(out, "  {}: {message}", metric.name);
+        }
+    }
+    out
+}
+
+/// Every run of `teal analysis`, oldest first.
+pub fn analysis(view: &AnalysisView) -> String {
+    if view.runs.is_empty() {
+        return "no analysis runs (the rollout has no prePromotionAnalysis or \
+                postPromotionAnalysis, or none has started yet)\n"
+            .to_owned();
+    }
+    view.runs
+        .iter()
+        .map(analysis_run)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Tree lines for a child: its branch, and the indent of its own children.
@@ -587,6 +692,7 @@ mod tests {
             updated_at_ms: 0,
             traffic: Vec::new(),
             status: Default::default(),
+            analysis: None,
         }
     }
 

@@ -146,6 +146,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{name}/history", get(history))
         .route("/api/v1/rollouts/{name}/logs", get(logs))
         .route("/api/v1/rollouts/{name}/traffic", get(traffic))
+        .route("/api/v1/rollouts/{name}/analysis", get(analysis))
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", post(apply))
@@ -249,6 +250,20 @@ async fn traffic(
     UrlPath(name): UrlPath<String>,
 ) -> Reply<teal_core::api::TrafficView> {
     state.daemon.traffic(&name).map(Json)
+}
+
+/// `?revision=N`.
+#[derive(serde::Deserialize)]
+struct AnalysisQuery {
+    revision: Option<u64>,
+}
+
+async fn analysis(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<AnalysisQuery>,
+) -> Reply<teal_core::api::AnalysisView> {
+    state.daemon.analysis(&name, query.revision).map(Json)
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, DaemonError> {

@@ -5,7 +5,11 @@ use teal_core::api::{ColorView, InstanceView, RolloutView, RoutesView};
 use teal_core::rollout::{Policy, Stage};
 
 use super::Daemon;
-use crate::store::StoredRollout;
+use crate::store::{StoredRollout, StoredRun};
+
+pub(super) fn run_view(run: &StoredRun) -> teal_core::api::AnalysisRunView {
+    teal_core::api::AnalysisRunView::new(run.id, run.kind, run.revision, &run.run, run.updated_at)
+}
 
 impl Daemon {
     pub(super) fn view(&self, name: &str, stored: &StoredRollout) -> RolloutView {
@@ -124,6 +128,12 @@ impl Daemon {
                 .map(|r| r.traffic.lock().expect("traffic lock").summary())
                 .unwrap_or_default(),
             status: status.clone(),
+            analysis: self
+                .store
+                .analysis_runs(name, Some(status.revision))
+                .ok()
+                .and_then(|mut runs| runs.pop())
+                .map(|run| run_view(&run)),
         }
     }
 }
