@@ -272,7 +272,10 @@ impl MetricRun {
             return None;
         }
         match self.measurements.last() {
-            None => Some(after(run_started, self.metric.initial_delay)),
+            None => Some(after(
+                after(run_started, self.metric.initial_delay),
+                self.metric.first_window(),
+            )),
             Some(last) => Some(after(
                 last.finished_at,
                 self.metric.interval.unwrap_or(ERROR_RETRY_INTERVAL),

@@ -56,7 +56,21 @@ pub struct Metric {
 /// Argo's default `consecutiveErrorLimit`.
 pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
 
+/// The window of a built-in metric without `interval`.
+pub const DEFAULT_BUILTIN_WINDOW: Duration = Duration::from_secs(10);
+
 impl Metric {
+    /// How long after `initialDelay` the first measurement waits. A built-in metric
+    /// measures the traffic since its previous measurement, so its first one needs a
+    /// window of traffic to look at: one `interval` (or [`DEFAULT_BUILTIN_WINDOW`]).
+    /// Other providers measure at once, as in Argo (a PromQL query has its own range).
+    pub fn first_window(&self) -> Duration {
+        match self.provider {
+            Provider::Builtin(_) => self.interval.unwrap_or(DEFAULT_BUILTIN_WINDOW),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The metric with `{{args.NAME}}` replaced in its provider's fields.
     pub fn resolve(&self, args: &ArgValues) -> Result<Metric, ArgsError> {
         Ok(Metric {

@@ -253,6 +253,10 @@ pub struct DemoSpec {
     pub extra_env: Vec<(&'static str, &'static str)>,
     pub scale_down_delay: u32,
     pub progress_deadline: u32,
+    /// More `blueGreen` fields, each line indented by six spaces.
+    pub strategy_extra: String,
+    /// More documents (AnalysisTemplates), appended after `---`.
+    pub documents: String,
 }
 
 impl DemoSpec {
@@ -267,6 +271,8 @@ impl DemoSpec {
             extra_env: Vec::new(),
             scale_down_delay: 30,
             progress_deadline: 600,
+            strategy_extra: String::new(),
+            documents: String::new(),
         }
     }
 
@@ -301,7 +307,7 @@ spec:
       previewMatch: {{cookie: {{name: test, value: "true"}}}}
       autoPromotionEnabled: {auto}
       scaleDownDelaySeconds: {delay}
-"#,
+{extra}{documents}"#,
             name = self.name,
             replicas = self.replicas,
             deadline = self.progress_deadline,
@@ -310,6 +316,12 @@ spec:
             preview = self.preview,
             auto = self.auto_promotion,
             delay = self.scale_down_delay,
+            extra = self.strategy_extra,
+            documents = if self.documents.is_empty() {
+                String::new()
+            } else {
+                format!("---\n{}", self.documents)
+            },
         )
     }
 }
@@ -366,6 +378,15 @@ impl Connection {
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
+}
+
+/// The daemon's API address.
+pub fn api_address(sandbox: &Sandbox) -> SocketAddr {
+    std::fs::read_to_string(sandbox.data_dir().join("api.addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// One request on a fresh connection.

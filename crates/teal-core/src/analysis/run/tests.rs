@@ -151,6 +151,20 @@ fn limits_decide_the_metric() {
 fn measurements_are_due_after_the_initial_delay_then_each_interval() {
     let mut m = metric(Some("result >= 0.99"), None);
     m.initial_delay = Duration::from_secs(5);
+    // A built-in metric first needs one interval of traffic to measure.
+    assert_eq!(MetricRun::new(m.clone()).due_at(1_000), Some(16_000));
+    m.interval = None;
+    assert_eq!(
+        MetricRun::new(m.clone()).due_at(1_000),
+        Some(16_000),
+        "10 s window"
+    );
+    m.interval = Some(Duration::from_secs(10));
+    // Other providers measure at once.
+    m.provider = Provider::Job(crate::analysis::JobMetric {
+        command: vec!["true".into()],
+        timeout: Duration::from_secs(1),
+    });
     let mut run = MetricRun::new(m);
     assert_eq!(run.due_at(1_000), Some(6_000));
     run.record(&value(1.0), 6_000, 6_200);
@@ -205,11 +219,25 @@ fn a_run_fails_as_soon_as_one_metric_fails_and_says_which() {
     // Nothing measured yet: the run is Running, its metrics Pending.
     assert_eq!(run.phase(), Phase::Running);
     assert_eq!(run.metrics[0].phase, Phase::Pending);
-    let due: Vec<&str> = run.due(0).iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        run.due(9_999).is_empty(),
+        "builtin metrics wait one interval"
+    );
+    let due: Vec<&str> = run.due(10_000).iter().map(|m| m.name.as_str()).collect();
     assert_eq!(due, vec!["fast", "rate"]);
-    assert_eq!(run.record("fast", &value(1.0), 0, 10), Ok(Phase::Running));
-    assert_eq!(run.next_measurement_at(10), Some(10), "rate is still due");
-    assert_eq!(run.record("rate", &value(0.2), 0, 10), Ok(Phase::Failed));
+    assert_eq!(
+        run.record("fast", &value(1.0), 10_000, 10_010),
+        Ok(Phase::Running)
+    );
+    assert_eq!(
+        run.next_measurement_at(10_010),
+        Some(10_010),
+        "rate is still due"
+    );
+    assert_eq!(
+        run.record("rate", &value(0.2), 10_000, 10_010),
+        Ok(Phase::Failed)
+    );
     let message = run.message().unwrap();
     assert!(message.starts_with("metric \"rate\""), "{message}");
     assert!(message.contains("result >= 0.99"), "{message}");
