@@ -348,3 +348,332 @@ fn an_unknown_template_is_an_apply_error_that_changes_nothing() {
     assert!(stderr.contains(&format!("spec.yaml:{line}:")), "{stderr}");
     assert!(stderr.contains("successCondition"), "{stderr}");
 }
+
+/// A local HTTP server standing in for a health endpoint, webhooks and a chat hook.
+struct Hooks {
+    address: SocketAddr,
+    confirm: Arc<AtomicBool>,
+    rollback: Arc<AtomicBool>,
+    notifications: Arc<Mutex<Vec<serde_json::Value>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Hooks {
+    fn start() -> Hooks {
+        use axum::routing::{get, post};
+        let runtime = runtime();
+        let confirm = Arc::new(AtomicBool::new(false));
+        let rollback = Arc::new(AtomicBool::new(false));
+        let notifications = Arc::new(Mutex::new(Vec::new()));
+        let gate = |flag: Arc<AtomicBool>| {
+            move || {
+                let open = flag.load(Ordering::Relaxed);
+                async move {
+                    if open {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }
+        };
+        let received = notifications.clone();
+        let app = axum::Router::new()
+            .route(
+                "/health",
+                get(|| async {
+                    axum::Json(serde_json::json!({"status": {"ok": true, "rate": 0.999}}))
+                }),
+            )
+            .route("/confirm", post(gate(confirm.clone())))
+            .route("/rollback", post(gate(rollback.clone())))
+            .route(
+                "/notify",
+                post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let received = received.clone();
+                    async move {
+                        received.lock().unwrap().push(body);
+                        "ok"
+                    }
+                }),
+            );
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let address = listener.local_addr().unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Hooks {
+            address,
+            confirm,
+            rollback,
+            notifications,
+            _runtime: runtime,
+        }
+    }
+}
+
+#[test]
+fn web_metric_confirm_and_rollback_webhooks_and_notifications() {
+    let sandbox = Sandbox::start();
+    let hooks = Hooks::start();
+    let mut spec = DemoSpec::new("hooked", "v1");
+    spec.replicas = 1;
+    spec.auto_promotion = true;
+    spec.documents = format!(
+        r#"apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: health
+spec:
+  metrics:
+    - name: rate
+      successCondition: "result >= 0.99"
+      provider:
+        web: {{url: "http://{hooks}/health", jsonPath: "{{$.status.rate}}"}}
+---
+apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: long
+spec:
+  metrics:
+    - name: up
+      interval: 1s
+      successCondition: "result == 200"
+      provider:
+        web: {{url: "http://{hooks}/health"}}
+"#,
+        hooks = hooks.address
+    );
+    let strategy = |template: &str| {
+        format!(
+            "      prePromotionAnalysis:\n        templates: [{{templateName: {template}}}]\n\
+             \x20     webhooks:\n\
+             \x20       - {{name: qa, type: confirm-promotion, url: \"http://{hooks}/confirm\"}}\n\
+             \x20       - {{name: pager, type: rollback, url: \"http://{hooks}/rollback\"}}\n\
+             \x20     notifications:\n\
+             \x20       - {{url: \"http://{hooks}/notify\"}}\n",
+            hooks = hooks.address
+        )
+    };
+    spec.strategy_extra = strategy("health");
+    live_on_blue(&sandbox, &spec);
+
+    // The web metric passes; auto-promotion then waits for the QA webhook.
+    spec.version = "v2";
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let waiting = sandbox.wait_for("hooked", "waiting for the webhook", |r| {
+        r.reason.as_deref() == Some("WaitingPromotion")
+    });
+    assert_eq!(waiting.active_revision, Some(1));
+    let run = waiting.analysis.unwrap();
+    assert_eq!(run.phase, AnalysisPhase::Successful);
+    assert_eq!(
+        run.metrics[0].measurements[0].value.as_deref(),
+        Some("0.999")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        sandbox.get("hooked").active_revision,
+        Some(1),
+        "still waits"
+    );
+    hooks.confirm.store(true, Ordering::Relaxed);
+    let live = sandbox.wait_for("hooked", "v2 live", |r| {
+        r.phase == Phase::Healthy && r.active_revision == Some(2)
+    });
+    let v2_checksum = live.status.stable.unwrap().template_hash;
+    let history = sandbox.teal_ok(&["history", "hooked"]);
+    assert!(
+        history.contains("promotion of revision 2 confirmed by webhook"),
+        "{history}"
+    );
+
+    // A long analysis of v3 is cut short by the rollback webhook.
+    spec.version = "v3";
+    spec.strategy_extra = strategy("long");
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    sandbox.wait_for("hooked", "v3 analysing", |r| {
+        r.analysis
+            .as_ref()
+            .is_some_and(|a| a.revision == 3 && a.metrics[0].count >= 1)
+    });
+    hooks.rollback.store(true, Ordering::Relaxed);
+    let aborted = sandbox.wait_for("hooked", "v3 aborted", |r| r.phase == Phase::Degraded);
+    assert!(
+        aborted
+            .message
+            .contains("rollback webhook \"pager\" answered 200"),
+        "{}",
+        aborted.message
+    );
+    assert_eq!(aborted.active_revision, Some(2));
+
+    // Every phase change was posted, with the rollout, revision and template checksum.
+    let posted = eventually(Duration::from_secs(5), "the Degraded notification", || {
+        let posted = hooks.notifications.lock().unwrap().clone();
+        posted
+            .iter()
+            .any(|n| n["phase"] == "Degraded")
+            .then_some(posted)
+    });
+    let phases: Vec<&str> = posted.iter().filter_map(|n| n["phase"].as_str()).collect();
+    for phase in ["Progressing", "Paused", "Healthy", "Degraded"] {
+        assert!(phases.contains(&phase), "{phase} not in {phases:?}");
+    }
+    let paused = posted.iter().find(|n| n["phase"] == "Paused").unwrap();
+    assert_eq!(paused["rollout"], "hooked");
+    assert_eq!(paused["revision"], 2);
+    assert_eq!(paused["reason"], "WaitingPromotion");
+    assert_eq!(paused["checksum"].as_str(), Some(v2_checksum.as_str()));
+}
+
+/// A real Prometheus on loopback scraping the daemon's /metrics every second.
+struct Prometheus {
+    address: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(teal_api: SocketAddr) -> Prometheus {
+        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("prometheus is not installed: scripts/test.sh installs Debian's prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: teal\n    static_configs: [{{targets: [\"{teal_api}\"]}}]\n"
+            ),
+        )
+        .unwrap();
+        let address = free_address();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Prometheus {
+            address,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn query(&self, query: &str) -> serde_json::Value {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let path = format!("/api/v1/query?query={encoded}");
+        let body = runtime().block_on(async {
+            match Connection::open(self.address).await {
+                Ok(mut connection) => connection.get(&path, None).await.map(|a| a.body),
+                Err(error) => Err(error.to_string()),
+            }
+        });
+        body.ok()
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_provider_queries_a_real_prometheus_scraping_teal() {
+    let sandbox = Sandbox::start();
+    let prometheus = Prometheus::start(api_address(&sandbox));
+    let mut spec = DemoSpec::new("promq", "v1");
+    spec.replicas = 1;
+    spec.documents = format!(
+        r#"apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: ready-instances
+spec:
+  args:
+    - name: series
+      value: teal_instances_ready
+  metrics:
+    - name: ready
+      successCondition: "len(result) == 1 && result[0] >= 1"
+      consecutiveErrorLimit: 0
+      provider:
+        prometheus:
+          address: http://{address}
+          query: 'sum({{{{args.series}}}}{{rollout="{{{{args.rollout}}}}"}})'
+---
+apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata:
+  name: broken-query
+spec:
+  metrics:
+    - name: broken
+      consecutiveErrorLimit: 0
+      provider:
+        prometheus: {{address: "http://{address}", query: "sum(("}}
+"#,
+        address = prometheus.address
+    );
+    spec.strategy_extra =
+        "      prePromotionAnalysis:\n        templates: [{templateName: ready-instances}]\n"
+            .to_owned();
+    live_on_blue(&sandbox, &spec);
+    eventually(
+        Duration::from_secs(60),
+        "Prometheus has scraped teal",
+        || {
+            let answer = prometheus.query("teal_instances_ready{rollout=\"promq\"}");
+            (answer["data"]["result"].as_array().map(Vec::len) >= Some(1)).then_some(())
+        },
+    );
+
+    spec.version = "v2";
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let paused = sandbox.wait_for("promq", "v2 passes", |r| {
+        r.reason.as_deref() == Some("BlueGreenPause")
+    });
+    let run = paused.analysis.unwrap();
+    assert_eq!(run.phase, AnalysisPhase::Successful);
+    let value = run.metrics[0].measurements[0].value.clone().unwrap();
+    assert!(value.starts_with('['), "an instant vector: {value}");
+    assert_eq!(
+        run.metrics[0].measures,
+        "sum(teal_instances_ready{rollout=\"promq\"})"
+    );
+
+    // A query Prometheus rejects is an Error, which aborts, naming Prometheus' reason.
+    spec.version = "v3";
+    spec.strategy_extra = spec
+        .strategy_extra
+        .replace("ready-instances", "broken-query");
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let aborted = sandbox.wait_for("promq", "v3 aborted", |r| r.phase == Phase::Degraded);
+    assert!(
+        aborted.message.contains("pre-promotion analysis Error"),
+        "{}",
+        aborted.message
+    );
+    assert!(aborted.message.contains("bad_data"), "{}", aborted.message);
+}
