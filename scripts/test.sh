@@ -20,6 +20,10 @@ if ! command -v python3 >/dev/null; then
 fi
 # The dashboard's browser tests drive Debian's Chromium (never a downloaded browser)
 # with playwright-core from npm, which needs node 20 or newer.
+# The prometheus provider is tested against a real Prometheus scraping teal.
+if ! command -v prometheus >/dev/null; then
+    apt_install prometheus
+fi
 if [ ! -x /usr/bin/chromium ]; then
     apt_install chromium
 fi

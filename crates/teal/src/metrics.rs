@@ -87,6 +87,16 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
         "histogram",
         "Time to the response head.",
     );
+    let mut analysis_phase = Family::new(
+        "teal_analysis_run_phase",
+        "gauge",
+        "1 for the phase of the latest analysis run of the newest revision.",
+    );
+    let mut analysis_measurements = Family::new(
+        "teal_analysis_measurements",
+        "gauge",
+        "Measurements of the latest analysis run, per metric and verdict.",
+    );
 
     for (view, stats) in rollouts {
         let rollout = format!("rollout=\"{}\"", view.name);
@@ -102,6 +112,34 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
         revision.sample("", &rollout, view.revision);
         active.sample("", &rollout, view.active_revision.unwrap_or(0));
         switches.sample("", &rollout, view.status.switches);
+        if let Some(run) = &view.analysis {
+            let run_labels = format!(
+                "{rollout},kind=\"{}\",revision=\"{}\"",
+                run.kind, run.revision
+            );
+            for candidate in ["Running", "Successful", "Failed", "Error", "Inconclusive"] {
+                analysis_phase.sample(
+                    "",
+                    &format!("{run_labels},phase=\"{candidate}\""),
+                    u8::from(run.phase.as_str() == candidate),
+                );
+            }
+            for metric in &run.metrics {
+                let name = metric.name.replace('\\', "\\\\").replace('"', "\\\"");
+                for (verdict, count) in [
+                    ("Successful", metric.successful),
+                    ("Failed", metric.failed),
+                    ("Inconclusive", metric.inconclusive),
+                    ("Error", metric.errors),
+                ] {
+                    analysis_measurements.sample(
+                        "",
+                        &format!("{run_labels},metric=\"{name}\",verdict=\"{verdict}\""),
+                        count,
+                    );
+                }
+            }
+        }
         aborts.sample("", &rollout, view.status.aborts);
         for color in &view.colors {
             let labels = format!(
@@ -139,8 +177,20 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
 
     let mut out = String::new();
     for family in [
-        phase, revision, active, switches, aborts, instances, ready, requests, responses, errors,
-        in_flight, latency,
+        phase,
+        revision,
+        active,
+        switches,
+        aborts,
+        instances,
+        ready,
+        requests,
+        responses,
+        errors,
+        in_flight,
+        latency,
+        analysis_phase,
+        analysis_measurements,
     ] {
         out.push_str(&format!(
             "# HELP {} {}\n# TYPE {} {}\n",

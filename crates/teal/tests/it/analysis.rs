@@ -151,6 +151,20 @@ fn failing_preview_is_aborted_by_pre_promotion_analysis_while_users_see_no_error
         (0.3..0.7).contains(&value),
         "about half the preview's answers failed: {value}"
     );
+    let metrics = runtime().block_on(async {
+        let mut connection = Connection::open(api_address(&sandbox)).await.unwrap();
+        connection.get("/metrics", None).await.unwrap().body
+    });
+    for expected in [
+        "teal_analysis_run_phase{rollout=\"gate\",kind=\"pre-promotion\",revision=\"2\",phase=\"Failed\"} 1",
+        "teal_analysis_measurements{rollout=\"gate\",kind=\"pre-promotion\",revision=\"2\",metric=\"success-rate\",verdict=\"Failed\"} 1",
+        "teal_rollout_aborts_total{rollout=\"gate\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "/metrics lacks {expected}:\n{metrics}"
+        );
+    }
     // People see the verdict and who decided.
     let text = sandbox.teal_ok(&["get", "gate"]);
     assert!(text.contains("pre-promotion of revision 2"), "{text}");
