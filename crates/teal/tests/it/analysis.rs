@@ -34,10 +34,13 @@ spec:
     )
 }
 
+/// When an answer came, its status (0: no answer) and color.
+type Seen = (Instant, u16, Option<String>);
+
 /// A client sending requests to `address` on one keep-alive connection until stopped.
 struct Client {
     stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<(Instant, u16, Option<String>)>>>,
+    answers: Arc<Mutex<Vec<Seen>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -77,11 +80,11 @@ impl Client {
         }
     }
 
-    fn answers(&self) -> Vec<(Instant, u16, Option<String>)> {
+    fn answers(&self) -> Vec<Seen> {
         self.answers.lock().unwrap().clone()
     }
 
-    fn stop(mut self) -> Vec<(Instant, u16, Option<String>)> {
+    fn stop(mut self) -> Vec<Seen> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         self.answers()
