@@ -1,12 +1,14 @@
 //! One HTTP request with a time limit: what analysis providers, webhooks and
-//! notifications send. Plain `http://` only for now (see the README's limits); the
-//! answer's body is capped so a misbehaving server cannot exhaust memory.
+//! notifications send, over `http://` or `https://` (rustls, with the Mozilla roots
+//! from webpki-roots, so no system certificate store is needed). The answer's body is
+//! capped so a misbehaving server cannot exhaust memory.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -19,7 +21,7 @@ pub const MAX_ANSWER: usize = 4 << 20;
 pub struct Outgoing<'a> {
     /// GET, POST, PUT.
     pub method: Method,
-    /// An `http://` URL.
+    /// An `http://` or `https://` URL.
     pub url: &'a str,
     /// Extra headers.
     pub headers: Vec<(String, String)>,
@@ -74,14 +76,11 @@ pub async fn send(request: Outgoing<'_>) -> Result<Answer, String> {
         .parse()
         .map_err(|error| format!("invalid URL: {error}"))?;
     let host = uri.authority().map_or("?", |a| a.as_str()).to_owned();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{host}: https is not supported yet; use an http:// address"
-            ));
-        }
-        _ => return Err(format!("expected an http:// URL, found {}", request.url)),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "expected an http:// or https:// URL, found {}",
+            request.url
+        ));
     }
     let mut builder = Request::builder().method(request.method).uri(uri);
     if request.json {
@@ -94,8 +93,13 @@ pub async fn send(request: Outgoing<'_>) -> Result<Answer, String> {
     let outgoing = builder
         .body(Full::new(Bytes::from(request.body.unwrap_or_default())))
         .map_err(|error| format!("{host}: invalid request: {error}"))?;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let connector = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<HttpsConnector<HttpConnector>, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let exchange = async {
         let response = client
             .request(outgoing)
@@ -129,5 +133,60 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         text
     } else {
         format!("{error}: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every connection with one plain HTTP response.
+    async fn plain_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+                    .await;
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn http_answers_and_https_speaks_tls() {
+        let address = plain_server().await;
+        let url = format!("http://{address}/");
+        let answer = send(Outgoing::get(&url, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(&answer.body[..], b"{\"ok\":true}");
+        // The same server over https: a TLS handshake is tried, and fails on an answer
+        // that is not TLS.
+        let url = format!("https://{address}/");
+        let error = send(Outgoing::get(&url, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(error.starts_with(&address.to_string()), "{error}");
+        assert!(!error.contains("not supported"), "{error}");
+        // Nothing listening: one sentence naming the host, not the path.
+        drop(answer);
+        let closed = crate::http_client::tests::closed_port().await;
+        let url = format!("http://{closed}/secret-token");
+        let error = send(Outgoing::get(&url, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(error.contains("refused"), "{error}");
+        assert!(!error.contains("secret-token"), "{error}");
+    }
+
+    async fn closed_port() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
     }
 }
