@@ -93,6 +93,8 @@ const rolloutUrl = (name) => `/api/v1/rollouts/${encodeURIComponent(name)}`;
 export const listRollouts = () => call("/api/v1/rollouts");
 export const getHistory = (name) => call(`${rolloutUrl(name)}/history`);
 export const getTraffic = (name) => call(`${rolloutUrl(name)}/traffic`);
+/** `{runs: [...]}`: every analysis run of the rollout, oldest first. */
+export const getAnalysis = (name) => call(`${rolloutUrl(name)}/analysis`);
 
 /**
  * One of the verbs (`promote`, `abort`, `retry`, `undo`) with the token.

@@ -31,6 +31,10 @@ const state = {
   history: new Map(),
   /** name → TrafficView. */
   traffic: new Map(),
+  /** name → AnalysisView (runs oldest first), and the rollout state it was fetched for. */
+  analysis: new Map(),
+  /** "rollout:key" → open, for the <details> a person opened or closed. */
+  open: new Map(),
   /** name → what the last command said: { ok, title, lines }. */
   results: new Map(),
   /** A command is on its way: the buttons wait. */
@@ -60,6 +64,7 @@ function onRouteChange() {
   window.scrollTo(0, 0);
   if (state.route.page === "rollout") {
     refreshHistory(state.route.name, true);
+    refreshAnalysis(state.route.name, true);
     refreshTraffic();
   }
 }
@@ -126,6 +131,10 @@ function buildPage() {
       </div>
     </section>
     <div class="result" data-slot="result" role="status" aria-live="polite" tabindex="-1"></div>
+    <section aria-labelledby="analysis-title" class="analysis-section">
+      <h2 id="analysis-title">Analysis</h2>
+      <div data-slot="analysis"></div>
+    </section>
     <section aria-labelledby="routes-title">
       <h2 id="routes-title">Routes</h2>
       <div data-slot="routes"></div>
@@ -180,10 +189,47 @@ function colorTag(color, revision) {
 
 const PHASE_ICONS = { Healthy: "✓", Progressing: "↻", Paused: "‖", Degraded: "⚠" };
 
+/** Paused states in which nothing moves until a person (or a webhook) acts. */
+const ATTENTION_REASONS = ["AnalysisInconclusive", "WaitingPromotion"];
+
 function phaseBadge(rollout) {
-  return html`<span class="phase phase-${rollout.phase.toLowerCase()}"><span aria-hidden="true">${
+  const attention = ATTENTION_REASONS.includes(rollout.reason) ? " phase-attention" : "";
+  return html`<span class="phase phase-${rollout.phase.toLowerCase()}${attention}"><span aria-hidden="true">${
     PHASE_ICONS[rollout.phase] ?? "•"
   }</span> ${rollout.phase}${rollout.reason ? html` <span class="reason">(${rollout.reason})</span>` : ""}</span>`;
+}
+
+/**
+ * The state in plain words when the phase and reason alone would not say what is
+ * going on or who must act: analysis holds, webhook waits, analysis running.
+ */
+function plainState(rollout) {
+  const status = rollout.status ?? {};
+  const candidate = status.candidate ?? null;
+  const post = status.post_analysis ?? null;
+  if (rollout.reason === "AnalysisInconclusive") {
+    const revision = candidate?.slot?.revision ?? post?.revision ?? rollout.revision;
+    const choice = candidate
+      ? `promote to release revision ${revision} anyway, or abort it`
+      : `promote to keep revision ${revision}, or abort to switch users back${
+          status.retiring ? ` to ${slot(status.retiring.slot.color, status.retiring.slot.revision)}` : ""
+        }`;
+    return { attention: true, short: "analysis inconclusive: a person decides", text: `Paused — analysis inconclusive: a person decides (${choice}).` };
+  }
+  if (rollout.reason === "WaitingPromotion") {
+    return {
+      attention: true,
+      short: "waiting for the confirm-promotion webhook",
+      text: `Paused — waiting for the confirm-promotion webhook: revision ${candidate?.slot?.revision ?? rollout.revision} reaches users only once it answers 2xx.`,
+    };
+  }
+  if (stageName(candidate?.stage) === "Analyzing") {
+    return { short: "pre-promotion analysis running", text: `Analysing — pre-promotion analysis of revision ${candidate.slot.revision} decides whether it may be promoted.` };
+  }
+  if (!candidate && post && !post.hold) {
+    return { short: "post-promotion analysis running", text: `Analysing — post-promotion analysis of revision ${post.revision}; if it fails, users are switched back at once.` };
+  }
+  return null;
 }
 
 /** "12 req/s · 99.5% ok · p99 4.0 ms" for one color's traffic summary. */
@@ -196,6 +242,8 @@ function trafficLine(traffic) {
     traffic.success_rate,
   )} ok</span> · <span>p99 ${millis(traffic.p99_ms)}</span></span>`;
 }
+
+const capitalize = (text) => (text ? `${text[0].toUpperCase()}${text.slice(1)}` : text);
 
 function findRollout(name) {
   return state.rollouts?.find((r) => r.name === name) ?? null;
@@ -227,7 +275,9 @@ function renderList() {
     const traffic = COLORS.map((color) => rollout.traffic?.find((t) => t.color === color)).filter(Boolean);
     return html`<tr data-rollout="${rollout.name}" class="${rollout.phase === "Degraded" ? "row-degraded" : ""}">
       <th scope="row" data-label="Rollout"><a href="#/rollouts/${encodeURIComponent(rollout.name)}" data-key="link-${rollout.name}">${rollout.name}</a></th>
-      <td data-label="Phase">${phaseBadge(rollout)}</td>
+      <td data-label="Phase">${phaseBadge(rollout)}${analysingMarker(rollout)}${
+        plainState(rollout)?.attention ? html`<div class="phase-note">${plainState(rollout).short}</div>` : ""
+      }</td>
       <td data-label="Active" class="cell-active">${
         rollout.active_color
           ? html`${colorTag(rollout.active_color)} <span class="rev-text">revision ${rollout.active_revision}</span>`
@@ -255,6 +305,13 @@ function renderList() {
   );
 }
 
+/** A small marker while the rollout's latest analysis run is measuring. */
+function analysingMarker(rollout) {
+  const run = rollout.analysis;
+  if (!run || run.phase !== "Running") return "";
+  return html` <span class="analysing" title="${run.kind} analysis of revision ${run.revision} is running (${run.templates})"><span aria-hidden="true">↻</span> analysing</span>`;
+}
+
 // ---------------------------------------------------------------------------------
 // The rollout page
 
@@ -278,20 +335,24 @@ function renderRollout(name) {
   fill("colors", html`${COLORS.map((color) => colorCard(rollout, color))}`);
   fill("charts", chartsPanel(name));
   fill("result", resultPanel(name));
+  fill("analysis", analysisPanel(state.analysis.get(name)?.view, name));
   const history = state.history.get(name);
   fill("events", eventsPanel(history?.view));
   fill("revisions", revisionsPanel(rollout, history?.view));
   updateActions(rollout);
-  // History follows the rollout: fetch again whenever its status changed.
+  // History and analysis follow the rollout: fetch again whenever it changed.
   refreshHistory(name, false);
+  refreshAnalysis(name, false);
 }
 
 function statusPanel(rollout) {
   const problems = rollout.colors
     .flatMap((c) => c.instances.map((i) => ({ color: c.color, ...i })))
     .filter((i) => i.problem);
-  const kind = rollout.phase === "Degraded" ? "warning" : rollout.phase.toLowerCase();
+  const plain = plainState(rollout);
+  const kind = rollout.phase === "Degraded" ? "warning" : plain?.attention ? "attention" : rollout.phase.toLowerCase();
   return html`<div class="status status-${kind}">
+    ${plain ? html`<p class="plain">${plain.attention ? html`<span class="attention-icon" aria-hidden="true">‖</span> ` : ""}${plain.text}</p>` : ""}
     <p class="message">${rollout.phase === "Degraded" ? html`<span class="warn-icon" aria-hidden="true">⚠</span> ` : ""}${rollout.message}</p>
     <p class="facts">
       ${phaseBadge(rollout)}
@@ -512,6 +573,147 @@ function revisionsPanel(rollout, history) {
 }
 
 // ---------------------------------------------------------------------------------
+// Analysis
+
+/** Each verdict has an icon and a word; the hue only repeats them. */
+const VERDICTS = {
+  Pending: { icon: "…", word: "pending" },
+  Running: { icon: "↻", word: "running" },
+  Successful: { icon: "✓", word: "successful" },
+  Failed: { icon: "✗", word: "failed" },
+  Error: { icon: "!", word: "error" },
+  Inconclusive: { icon: "?", word: "inconclusive" },
+};
+
+const isFinal = (phase) => ["Successful", "Failed", "Error", "Inconclusive"].includes(phase);
+
+/** A run's or a metric's phase: icon, word and a style per verdict. */
+function verdictBadge(phase) {
+  return html`<span class="verdict verdict-${String(phase).toLowerCase()}"><span aria-hidden="true">${
+    VERDICTS[phase]?.icon ?? "•"
+  }</span> ${phase}</span>`;
+}
+
+const KIND_TEXT = { "pre-promotion": "Pre-promotion", "post-promotion": "Post-promotion" };
+
+/** "4 s", "2 min 5 s". */
+function duration(ms) {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  return seconds % 60 ? `${minutes} min ${seconds % 60} s` : `${minutes} min`;
+}
+
+/** Whether a <details> is open: what the person chose, else `fallback`. */
+function isOpen(name, key, fallback) {
+  return state.open.get(`${name}:${key}`) ?? fallback;
+}
+
+function analysisPanel(view, name) {
+  if (!view) return html`<p class="muted">Loading analysis…</p>`;
+  if (!view.runs?.length) {
+    return html`<div class="analysis-empty"><p><strong>No analysis runs</strong></p><p class="muted">Add <code>prePromotionAnalysis</code> (checks the preview before users are switched) or <code>postPromotionAnalysis</code> (checks the new revision after the switch, with the old color kept warm) under <code>spec.strategy.blueGreen</code>, naming AnalysisTemplates.</p></div>`;
+  }
+  const runs = [...view.runs].reverse();
+  return html`<div class="analysis-runs">${runs.map((run, index) => runPanel(run, name, index === 0))}</div>`;
+}
+
+function runPanel(run, name, newest) {
+  const key = `run-${run.id}`;
+  const open = isOpen(name, key, newest);
+  const final = isFinal(run.phase);
+  const took = final
+    ? `took ${duration(run.updated_at_ms - run.started_at_ms)}`
+    : `running for ${duration(Date.now() - run.started_at_ms)}`;
+  const bad = run.phase === "Failed" || run.phase === "Error";
+  return html`<details class="run run-${run.phase.toLowerCase()}" data-run="${run.id}" data-toggle="${key}"${
+    open ? raw(" open") : ""
+  }>
+    <summary data-key="${key}">
+      <span class="run-title">${KIND_TEXT[run.kind] ?? run.kind} analysis of revision ${run.revision}</span>
+      ${verdictBadge(run.phase)}
+      <span class="run-facts muted">templates <code>${run.templates}</code> · started <time datetime="${new Date(
+        run.started_at_ms,
+      ).toISOString()}">${timestamp(run.started_at_ms)}</time> · ${took}</span>
+    </summary>
+    <div class="run-body">
+      ${
+        run.message
+          ? html`<p class="run-message ${bad ? "run-message-bad" : ""}">${bad ? html`<span aria-hidden="true">⚠ </span>` : ""}${run.message}</p>`
+          : ""
+      }
+      ${metricsTable(run, name)}
+    </div>
+  </details>`;
+}
+
+function metricsTable(run, name) {
+  if (!run.metrics?.length) return html`<p class="muted">No metrics.</p>`;
+  return html`<table class="metrics">
+    <thead><tr><th scope="col">Metric</th><th scope="col">Measures</th><th scope="col">Condition</th><th scope="col">Phase</th><th scope="col">Counts</th><th scope="col">Latest measurements</th></tr></thead>
+    <tbody>${run.metrics.map((metric) => metricRow(run, metric, name))}</tbody>
+  </table>
+  <p class="counts-legend muted">Counts: ✓ successful · ✗ failed · ? inconclusive · ! error. A measurement's tooltip says why it got its verdict.</p>`;
+}
+
+function metricRow(run, metric, name) {
+  const conditions = [];
+  if (metric.success_condition) conditions.push(html`<div>pass if <code>${metric.success_condition}</code></div>`);
+  if (metric.failure_condition) conditions.push(html`<div>fail if <code>${metric.failure_condition}</code></div>`);
+  const count = (icon, n, word) =>
+    html`<span class="count${n > 0 ? ` count-${word}` : ""}" title="${n} ${word}"><span aria-hidden="true">${icon}</span><span class="sr-only">${word}</span> ${n}</span>`;
+  // The API keeps the latest measurements, oldest first; the last few are enough here.
+  const latest = (metric.measurements ?? []).slice(-6);
+  const withOutput = [...(metric.measurements ?? [])].reverse().find((m) => m.output);
+  const outputKey = `out-${run.id}-${metric.name}`;
+  return html`<tr data-metric="${metric.name}">
+    <th scope="row" data-label="Metric">${metric.name}</th>
+    <td data-label="Measures" class="cell-measures"><span class="provider">${metric.provider}</span> <code class="measures">${metric.measures}</code></td>
+    <td data-label="Condition" class="cell-condition">${conditions.length ? conditions : html`<span class="muted">none</span>`}</td>
+    <td data-label="Phase" class="cell-phase">${verdictBadge(metric.phase)}${
+      // The run's message already is this one when this metric decided the run.
+      metric.message && run.message !== `metric "${metric.name}": ${metric.message}`
+        ? html`<div class="metric-message">${metric.message}</div>`
+        : ""
+    }</td>
+    <td data-label="Counts" class="counts">${count("✓", metric.successful, "successful")} ${count("✗", metric.failed, "failed")} ${count(
+      "?",
+      metric.inconclusive,
+      "inconclusive",
+    )} ${count("!", metric.errors, "errors")}</td>
+    <td data-label="Latest">${
+      latest.length
+        ? html`<ol class="measurements">${latest.map(measurementChip)}</ol>`
+        : html`<span class="muted">none yet</span>`
+    }${
+      withOutput
+        ? html`<details class="job-output" data-toggle="${outputKey}"${isOpen(name, outputKey, false) ? raw(" open") : ""}>
+            <summary data-key="${outputKey}">Job output <span class="muted">(${timestamp(withOutput.finished_at_ms)})</span></summary>
+            <pre>${withOutput.output}</pre>
+          </details>`
+        : ""
+    }</td>
+  </tr>`;
+}
+
+/** A measured value for a chip: long decimals shortened (the title has it whole). */
+function shortValue(value) {
+  if (value === null || value === undefined) return "–";
+  if (/^-?\d+\.\d{5,}$/.test(value)) return String(Number(Number(value).toPrecision(4)));
+  return value.length > 24 ? `${value.slice(0, 23)}…` : value;
+}
+
+function measurementChip(m) {
+  const verdict = VERDICTS[m.phase] ?? { icon: "•", word: String(m.phase).toLowerCase() };
+  const title = `${m.phase}${m.value !== null && m.value !== undefined ? ` (${m.value})` : ""}${
+    m.message ? `: ${m.message}` : ""
+  } — ${timestamp(m.finished_at_ms || m.started_at_ms)}`;
+  return html`<li class="measurement measurement-${String(m.phase).toLowerCase()}" title="${title}"><span class="m-value">${shortValue(
+    m.value,
+  )}</span> <span aria-hidden="true">${verdict.icon}</span><span class="sr-only">${verdict.word}${m.message ? `: ${m.message}` : ""}</span></li>`;
+}
+
+// ---------------------------------------------------------------------------------
 // Buttons: what makes sense now, and what each would change
 
 /**
@@ -531,31 +733,70 @@ function plans(rollout) {
     return out;
   }
 
+  // After a switch, post-promotion analysis decides unless a person does: promote
+  // keeps the revision, abort switches users back to the warm color.
+  const post = !candidate ? (status.post_analysis ?? null) : null;
+  const warm = status.retiring?.slot ?? null;
+
   // Promote: only a candidate that is starting or paused in preview.
-  if (!candidate) out.promote = { why: "nothing is in preview" };
+  if (post)
+    out.promote = {
+      title: `Promote revision ${post.revision}`,
+      text: `Promote revision ${post.revision}: users stay on ${from}, and post-promotion analysis no longer decides.${
+        warm ? ` ${warm.color} (revision ${warm.revision}) is stopped after its scale-down delay.` : ""
+      }`,
+      extra: post.hold ? `${capitalize(post.hold)}: you decide.` : "Post-promotion analysis is still running.",
+      body: { revision: post.revision },
+    };
+  else if (!candidate) out.promote = { why: "nothing is in preview" };
   else if (stage === "Aborted") out.promote = { why: `revision ${candidate.slot.revision} was aborted; retry it first` };
   else if (stage === "ScalingUp") out.promote = { why: `revision ${candidate.slot.revision} is already being promoted` };
-  else if (candidate.promote_requested) out.promote = { why: "promote already requested; it happens when ready" };
+  else if (stage === "AwaitingConfirmation")
+    out.promote = { why: `revision ${candidate.slot.revision} is promoted and waits for the confirm-promotion webhook` };
+  else if (candidate.promote_requested)
+    out.promote = {
+      why:
+        stage === "Analyzing"
+          ? "promote already requested; it happens if pre-promotion analysis passes"
+          : "promote already requested; it happens when ready",
+    };
   else {
     const to = slot(candidate.slot.color, candidate.slot.revision);
     const whenReady =
-      stage !== "Starting"
-        ? ""
-        : candidate.deadline_exceeded
-          ? ` ${candidate.slot.color} missed its progress deadline: the switch happens only if it ever becomes ready.`
-          : ` ${candidate.slot.color} is not ready yet: the switch happens as soon as it is.`;
+      stage === "Analyzing"
+        ? ` Pre-promotion analysis is running: the switch happens only if it passes.`
+        : stage !== "Starting"
+          ? ""
+          : candidate.deadline_exceeded
+            ? ` ${candidate.slot.color} missed its progress deadline: the switch happens only if it ever becomes ready.`
+            : ` ${candidate.slot.color} is not ready yet: the switch happens as soon as it is.`;
     out.promote = {
       title: `Promote revision ${candidate.slot.revision}`,
       text: stable
         ? `Promote revision ${candidate.slot.revision}: users move from ${from} to ${to}.${whenReady}`
         : `Promote revision ${candidate.slot.revision}: users are sent to ${to}.${whenReady}`,
-      extra: stable ? `${stable.color} stays warm for a while, so an undo is instant.` : "",
+      extra: [
+        candidate.hold ? `${capitalize(candidate.hold)}: you decide.` : "",
+        stable ? `${stable.color} stays warm for a while, so an undo is instant.` : "",
+      ]
+        .filter(Boolean)
+        .join(" "),
       body: { revision: candidate.slot.revision },
     };
   }
 
-  // Abort: a candidate that is not aborted already.
-  if (!candidate) out.abort = { why: "nothing is being released" };
+  // Abort: a candidate that is not aborted already, or a revision under
+  // post-promotion analysis.
+  if (post)
+    out.abort = {
+      title: `Abort revision ${post.revision}`,
+      text: warm
+        ? `Abort revision ${post.revision}: users are switched back to ${slot(warm.color, warm.revision)} at once, and ${from} is stopped.`
+        : `Abort revision ${post.revision}: post-promotion analysis stops; no warm color is left to switch back to.`,
+      danger: true,
+      body: null,
+    };
+  else if (!candidate) out.abort = { why: "nothing is being released" };
   else if (stage === "Aborted") out.abort = { why: `revision ${candidate.slot.revision} is already aborted` };
   else
     out.abort = {
@@ -777,6 +1018,7 @@ async function onVerb(verb, button) {
     state.busy = false;
     render();
     refreshHistory(name, true);
+    refreshAnalysis(name, true);
     // Keep keyboard users where they were, unless that button is disabled now.
     if (!button.disabled) button.focus();
     else main.querySelector('[data-slot="result"]')?.focus?.();
@@ -814,6 +1056,41 @@ async function refreshHistory(name, force) {
     historyInFlight.delete(name);
   }
   state.history.set(name, { key, view });
+  if (state.route.page === "rollout" && state.route.name === name) render();
+}
+
+const analysisInFlight = new Set();
+
+/** What the analysis view depends on: the rollout's status and its latest run. */
+function analysisKey(rollout) {
+  if (!rollout) return "";
+  const run = rollout.analysis;
+  return `${rollout.revision}:${rollout.updated_at_ms}:${run ? `${run.id}:${run.phase}:${run.updated_at_ms}` : "-"}`;
+}
+
+/**
+ * Fetches the analysis runs when the rollout or its latest run changed since the last
+ * fetch, on every event while a run shown is still measuring, or when `force`d.
+ */
+async function refreshAnalysis(name, force) {
+  const rollout = findRollout(name);
+  const key = analysisKey(rollout);
+  const known = state.analysis.get(name);
+  // A run that is measuring changes without the rollout changing: poll it, gently.
+  const measuring = known?.view?.runs?.some((run) => !isFinal(run.phase)) && Date.now() - known.at >= 1000;
+  if (!force && known && known.key === key && !measuring) return;
+  if (analysisInFlight.has(name)) return;
+  analysisInFlight.add(name);
+  let view;
+  try {
+    view = await api.getAnalysis(name);
+  } catch {
+    // As with the history: tried again on the next change, no render loop.
+    return;
+  } finally {
+    analysisInFlight.delete(name);
+  }
+  state.analysis.set(name, { key, view, at: Date.now() });
   if (state.route.page === "rollout" && state.route.name === name) render();
 }
 
@@ -871,6 +1148,7 @@ function start() {
       // Back after a loss: what the stream does not carry may be stale too.
       if (connection === "live" && previous === "lost" && state.route.page === "rollout") {
         refreshHistory(state.route.name, true);
+        refreshAnalysis(state.route.name, true);
         refreshTraffic();
       }
     },
@@ -881,8 +1159,22 @@ function start() {
   setInterval(refreshTraffic, 2000);
   if (state.route.page === "rollout") {
     refreshHistory(state.route.name, true);
+    refreshAnalysis(state.route.name, true);
     refreshTraffic();
   }
+
+  // Remembers which <details> (analysis runs, job output) a person opened or closed,
+  // so the next live update draws them the same way. `toggle` does not bubble.
+  main.addEventListener(
+    "toggle",
+    (event) => {
+      const details = event.target;
+      if (!(details instanceof HTMLDetailsElement) || !details.isConnected || !details.dataset.toggle) return;
+      if (state.route.page !== "rollout") return;
+      state.open.set(`${state.route.name}:${details.dataset.toggle}`, details.open);
+    },
+    true,
+  );
 
   // Charts are drawn at their container's width.
   let resizeTimer = null;

@@ -8,9 +8,11 @@
 
 import assert from "node:assert/strict";
 import { after, before, beforeEach, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 
 import {
   BASE,
+  SCREENSHOTS,
   TOKEN,
   Traffic,
   apiGet,
@@ -46,6 +48,7 @@ const statusPanel = () => page.locator('[data-slot="status"]');
 const confirmDialog = () => page.locator("dialog#confirm");
 const tokenDialog = () => page.locator("dialog#token-dialog");
 const button = (name) => page.locator(`#actions button[data-verb="${name}"]`);
+const analysisPanel = () => page.locator('[data-slot="analysis"]');
 
 /** Watches a page's console and errors; the token must never show up there. */
 function watch(target) {
@@ -279,6 +282,107 @@ test("without a token the page asks for it, and a wrong token asks again", async
   await waitForText(page.locator('[data-slot="result"]'), /Retry was not sent: the daemon needs its API token/);
   assert.equal((await rollout("broken")).reason, "RolloutAborted", "a retry went out without a token");
   await page.evaluate((token) => sessionStorage.setItem("teal.token", token), TOKEN);
+  await assertNoReload();
+});
+
+test("a preview that fails pre-promotion analysis is aborted, and the page shows the run and why", async () => {
+  const template = `apiVersion: teal.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: success}
+spec:
+  metrics:
+    - name: success-rate
+      interval: 1s
+      count: 3
+      successCondition: "result >= 0.95"
+      provider: {builtin: {measure: success-rate}}
+---
+`;
+  const strategyExtra = `      prePromotionAnalysis:
+        templates: [{templateName: success}]
+      loadTest: {requestsPerSecond: 40, concurrency: 2}
+`;
+  const gate = (version, env) =>
+    applyDemo({ name: "gate", version, replicas: 1, env, documents: template, strategyExtra });
+  await gate("v1");
+  await waitForRollout("gate", "gate revision 1 live", (r) => r.phase === "Healthy" && r.active_revision === 1);
+  await page.evaluate(() => {
+    location.hash = "#/rollouts/gate";
+  });
+  await waitForText(page.locator("h1"), /^gate$/);
+  // The first release is not analysed: nobody to protect yet.
+  await waitForText(analysisPanel(), /No analysis runs .*prePromotionAnalysis.*postPromotionAnalysis/);
+
+  // A second tab on the list, recording whether the row ever said it was analysing
+  // (the run may last only a second or two, so a poll could miss it).
+  const list = await context.newPage();
+  watch(list);
+  await list.goto(`${BASE}/#/`);
+  await list.locator('tr[data-rollout="gate"]').waitFor();
+  await list.evaluate(() => {
+    window.__analysing = null;
+    new MutationObserver(() => {
+      const marker = document.querySelector('tr[data-rollout="gate"] .analysing');
+      if (marker) window.__analysing = marker.textContent;
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+
+  // Revision 2 answers half its requests with 500s: the load test's traffic makes the
+  // success rate fall short of 0.95 and the run fails, before any user sees it.
+  await gate("v2", { DEMO_FAIL_RATE: "0.5" });
+  const run = analysisPanel().locator("details.run").first();
+  await waitForText(run.locator("summary"), /Pre-promotion analysis of revision 2 ✗ Failed templates success/, 60_000);
+  assert.equal(await run.getAttribute("open"), "", "the newest run is open");
+  await waitForText(run.locator(".run-message"), /metric "success-rate": .*failed/);
+  const metric = run.locator('tr[data-metric="success-rate"]');
+  await waitForText(metric, /success-rate builtin success-rate pass if result >= 0\.95 ✗ Failed/i);
+  await waitForText(metric.locator(".counts"), /✗ ?failed [1-9]/);
+  // A measured value with its verdict, and the reason in its title.
+  const measurement = metric.locator(".measurement-failed").first();
+  await waitForText(measurement, /^0(\.\d+)? ✗/);
+  assert.match(
+    await measurement.getAttribute("title"),
+    /^Failed \(0(\.\d+)?\): successCondition "result >= 0\.95" is false for 0(\.\d+)?/,
+  );
+  // The rollout, live: aborted with the reason, users never left blue.
+  await waitForText(page.locator('[data-slot="phase"]'), /Degraded \(RolloutAborted\)/);
+  await page.locator('[data-slot="status"] .status-warning').waitFor();
+  await waitForText(statusPanel(), /revision 2 aborted: pre-promotion analysis Failed: metric "success-rate"/);
+  await waitForText(statusPanel(), /users on blue revision 1/);
+  await waitForText(page.locator('[data-slot="events"]'), /pre-promotion analysis/);
+  const view = await rollout("gate");
+  assert.equal(view.active_color, "blue");
+  assert.equal(view.analysis?.phase, "Failed");
+
+  await eventually("the list to have marked gate as analysing", () => list.evaluate(() => window.__analysing));
+  assert.match(await list.evaluate(() => window.__analysing), /analysing/);
+  await list.close();
+  await assertNoReload();
+  await screenshot(page, "analysis-failed");
+
+  // The run folds from the keyboard, and a live update leaves it as the person chose.
+  await run.locator("summary").focus();
+  await page.keyboard.press("Enter");
+  await eventually("the run to close", async () => (await run.getAttribute("open")) === null);
+  await page.setViewportSize({ width: 1279, height: 900 }); // redraws the page
+  await sleep(2500); // and at least one event from the stream
+  assert.equal(await run.getAttribute("open"), null, "a live update opened the run again");
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.key), await run.locator("summary").getAttribute("data-key"));
+  await page.keyboard.press("Enter");
+  await eventually("the run to open", async () => (await run.getAttribute("open")) === "");
+
+  // On a phone the metrics table becomes cards; nothing sticks out to the right.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await eventually("the metrics table to become cards", () => page.locator(".metrics thead").isHidden());
+  const tooWide = await page.evaluate(() =>
+    [...document.querySelectorAll("body *")]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((e) => `${e.tagName.toLowerCase()}.${e.className?.baseVal ?? e.className}`)
+      .slice(0, 5),
+  );
+  assert.deepEqual(tooWide, [], "elements wider than a phone's screen");
+  await analysisPanel().screenshot({ path: `${SCREENSHOTS}/analysis-phone.png` });
+  await page.setViewportSize({ width: 1280, height: 900 });
   await assertNoReload();
 });
 

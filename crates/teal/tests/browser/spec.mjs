@@ -12,12 +12,24 @@ import { pathToFileURL } from "node:url";
  * @param {number} [o.replicas]
  * @param {number} [o.progressDeadline] seconds
  * @param {Record<string, string>} [o.env] extra environment, e.g. DEMO_NEVER_READY
+ * @param {string} [o.documents] YAML documents before the rollout (each ending in `---`),
+ *   e.g. its AnalysisTemplates
+ * @param {string} [o.strategyExtra] lines added under `strategy.blueGreen` (indented by 6)
  */
-export function demoSpec({ teal, name, version, replicas = 2, progressDeadline = 600, env = {} }) {
+export function demoSpec({
+  teal,
+  name,
+  version,
+  replicas = 2,
+  progressDeadline = 600,
+  env = {},
+  documents = "",
+  strategyExtra = "",
+}) {
   const extra = Object.entries({ DEMO_VERSION: version, ...env })
     .map(([key, value]) => `        - {name: ${key}, value: ${JSON.stringify(value)}}\n`)
     .join("");
-  return `apiVersion: teal.dev/v1alpha1
+  return `${documents}apiVersion: teal.dev/v1alpha1
 kind: Rollout
 metadata:
   name: ${name}
@@ -40,7 +52,7 @@ ${extra}    readinessProbe:
       previewMatch: {cookie: {name: test, value: "true"}}
       autoPromotionEnabled: false
       scaleDownDelaySeconds: 30
-`;
+${strategyExtra}`;
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
