@@ -114,12 +114,18 @@ fn failing_preview_is_aborted_by_pre_promotion_analysis_while_users_see_no_error
     assert!(analysis_runs(&sandbox, "gate").runs.is_empty());
 
     let client = Client::start(active);
+    eventually(Duration::from_secs(10), "the client's first answer", || {
+        (!client.answers().is_empty()).then_some(())
+    });
     spec.version = "v2";
     spec.extra_env = vec![("DEMO_FAIL_RATE", "0.5")];
     sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let applied = Instant::now();
     let aborted = sandbox.wait_for("gate", "v2 aborted by analysis", |r| {
         r.phase == Phase::Degraded
     });
+    let aborted_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
     let answers = client.stop();
 
     assert!(
@@ -128,9 +134,12 @@ fn failing_preview_is_aborted_by_pre_promotion_analysis_while_users_see_no_error
         aborted.message
     );
     assert_eq!(aborted.active_color, Some(Color::Blue));
+    // The client was answered throughout: before the new revision was applied and
+    // after the abort.
     assert!(
-        answers.len() > 20,
-        "the client kept sending: {}",
+        answers.iter().any(|(at, _, _)| *at <= applied)
+            && answers.iter().any(|(at, _, _)| *at >= aborted_at),
+        "the client kept sending: {} answers",
         answers.len()
     );
     let bad: Vec<_> = answers
