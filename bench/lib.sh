@@ -97,7 +97,7 @@ build() {
     say "building teal and the bench examples (release)"
     local log
     log=$(mktemp)
-    if ! (cd "$ROOT" && cargo build --release -p teal -p teal-proxy \
+    if ! (cd "$ROOT" && cargo build --release -p teal -p teal-proxy --bin teal \
         --example bench_backend --example switch_bench) >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         rm -f "$log"

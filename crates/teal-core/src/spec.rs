@@ -138,6 +138,14 @@ pub struct BlueGreen {
     /// differ from the active address. Without a candidate it serves the active color,
     /// as Argo's preview Service does.
     pub preview_listen: Option<SocketAddr>,
+    /// `activeService.tls`: the active address serves HTTPS with this certificate.
+    /// None (the default): plain HTTP.
+    #[serde(default)]
+    pub active_tls: Option<TlsFiles>,
+    /// `previewService.tls`: the preview address serves HTTPS with this certificate.
+    /// None (the default): plain HTTP.
+    #[serde(default)]
+    pub preview_tls: Option<TlsFiles>,
     /// `previewMatch`: requests on the active listener that go to the candidate.
     pub preview_match: PreviewMatch,
     /// `autoPromotionEnabled`: promote without a person once the candidate is ready.
@@ -176,6 +184,19 @@ pub struct BlueGreen {
     /// `notifications`: where every phase change is posted.
     #[serde(default)]
     pub notifications: Vec<Notification>,
+}
+
+/// `tls` of `activeService` / `previewService`: the PEM files a listener serves HTTPS
+/// with (HTTP/2 or HTTP/1.1, by ALPN). The files are read again whenever they change,
+/// so a renewed certificate needs no apply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TlsFiles {
+    /// `certFile`: the certificate chain, the server's own certificate first. A relative
+    /// path is taken from the directory of the spec file.
+    pub cert_file: PathBuf,
+    /// `keyFile`: the certificate's private key (PKCS#8, PKCS#1 or SEC1). A relative
+    /// path is taken from the directory of the spec file.
+    pub key_file: PathBuf,
 }
 
 /// `prePromotionAnalysis` / `postPromotionAnalysis`: which AnalysisTemplates to run

@@ -30,4 +30,7 @@ pub enum PlatformError {
     /// `shutdown_all` has run; the platform starts nothing any more.
     #[error("the platform is shutting down")]
     ShuttingDown,
+    /// `suspend` has run: another daemon is taking the instances over.
+    #[error("the platform is handing its instances over to another daemon")]
+    Suspended,
 }

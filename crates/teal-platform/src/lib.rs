@@ -13,6 +13,9 @@
 //!   bumps whenever readiness or the set of instances changes.
 //! - `log_files(&self, rollout, Option<Color>) -> Vec<LogFile>`.
 //! - `shutdown_all(&self)`: stops everything and waits (daemon shutdown).
+//! - `suspend(&self)` / `resume(&self)`: stop supervising while leaving every process
+//!   and record alone, for a new daemon that adopts them (a takeover); `resume`
+//!   adopts them again if the takeover failed.
 //!
 //! Layout of `run_dir`:
 //! - `instances/<instance-id>.json`: one record per running instance (pid, process

@@ -29,6 +29,9 @@ struct State {
     stopping: Vec<JoinHandle<()>>,
     /// `shutdown_all` ran: start nothing new.
     shut_down: bool,
+    /// `suspend` ran: nothing is supervised and nothing changes; `observe` answers
+    /// with the groups as they were then.
+    suspended: Option<Vec<(GroupKey, GroupStatus)>>,
 }
 
 struct Group {
@@ -68,6 +71,7 @@ impl LocalPlatform {
                 groups: BTreeMap::new(),
                 stopping: Vec::new(),
                 shut_down: false,
+                suspended: None,
             }),
         });
         platform.adopt(records);
@@ -91,6 +95,9 @@ impl LocalPlatform {
         if state.shut_down {
             return Err(PlatformError::ShuttingDown);
         }
+        if state.suspended.is_some() {
+            return Err(PlatformError::Suspended);
+        }
         tracing::info!(group = %key, revision = spec.revision, replicas = spec.replicas, "starting");
         let mut group = Group {
             spec,
@@ -111,6 +118,7 @@ impl LocalPlatform {
     pub async fn scale(&self, key: &GroupKey, replicas: u32) {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        // While suspended, `groups` is empty: every change is ignored.
         let Some(group) = state.groups.get_mut(key) else {
             tracing::debug!(group = %key, "scale of a group that does not run");
             return;
@@ -157,17 +165,18 @@ impl LocalPlatform {
     /// The groups of `rollout` and their instances, blue first.
     pub fn observe(&self, rollout: &str) -> Vec<GroupStatus> {
         let state = lock(&self.state);
+        if let Some(frozen) = &state.suspended {
+            return frozen
+                .iter()
+                .filter(|(key, _)| key.rollout == rollout)
+                .map(|(_, group)| group.clone())
+                .collect();
+        }
         state
             .groups
             .iter()
             .filter(|(key, _)| key.rollout == rollout)
-            .map(|(key, group)| GroupStatus {
-                color: key.color,
-                revision: group.spec.revision,
-                template_hash: group.spec.template_hash.clone(),
-                replicas: group.spec.replicas,
-                instances: group.members.iter().map(|m| m.instance.status()).collect(),
-            })
+            .map(|(key, group)| group_status(key, group))
             .collect()
     }
 
@@ -226,6 +235,10 @@ impl LocalPlatform {
             let mut state = lock(&self.state);
             let state = &mut *state;
             state.shut_down = true;
+            if state.suspended.is_some() {
+                // The instances are another daemon's now.
+                return;
+            }
             let groups = std::mem::take(&mut state.groups);
             for (_, group) in groups {
                 self.stop_members(group.members, &mut state.stopping);
@@ -238,6 +251,63 @@ impl LocalPlatform {
                 tracing::warn!(%error, "an instance task failed");
             }
         }
+    }
+
+    /// Stops supervising without touching a single process, so that another daemon
+    /// can adopt them all (a takeover by a new `teal server`): every instance task
+    /// ends, the records stay as they are (a stop in progress stays recorded as one,
+    /// for the successor to finish), and until [`resume`](Self::resume) nothing starts,
+    /// scales, relabels or stops, `shutdown_all` leaves the instances alone, and
+    /// `observe` answers with the groups as they were. Returns once no task of this
+    /// platform can touch a process or a record any more.
+    pub async fn suspend(&self) {
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut state = lock(&self.state);
+            let state = &mut *state;
+            if state.suspended.is_some() {
+                return;
+            }
+            let frozen = state
+                .groups
+                .iter()
+                .map(|(key, group)| (key.clone(), group_status(key, group)))
+                .collect();
+            state.suspended = Some(frozen);
+            let groups = std::mem::take(&mut state.groups);
+            let mut tasks = std::mem::take(&mut state.stopping);
+            tasks.extend(
+                groups
+                    .into_values()
+                    .flat_map(|group| group.members)
+                    .map(|member| member.task),
+            );
+            tasks
+        };
+        for task in &tasks {
+            task.abort();
+        }
+        // An aborted task stops at its next await; the processes it watched keep
+        // running (a child of ours is reaped by tokio when it exits).
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!("instances handed over; no longer supervising them");
+    }
+
+    /// Supervises again after [`suspend`](Self::suspend) (the takeover failed): adopts
+    /// the instances the records describe, as [`open`](Self::open) does.
+    pub fn resume(&self) -> Result<(), PlatformError> {
+        let records =
+            record::read_all(&self.shared.run_dir).map_err(|source| PlatformError::RunDir {
+                path: record::dir(&self.shared.run_dir),
+                source,
+            })?;
+        if lock(&self.state).suspended.take().is_none() {
+            return Ok(());
+        }
+        self.adopt(records);
+        self.shared.bump();
+        Ok(())
     }
 
     /// Starts or stops instances until `group` has `wanted`.
@@ -352,6 +422,16 @@ impl LocalPlatform {
             self.resize(&key, &mut group, spec.replicas, &mut state.stopping);
             state.groups.insert(key, group);
         }
+    }
+}
+
+fn group_status(key: &GroupKey, group: &Group) -> GroupStatus {
+    GroupStatus {
+        color: key.color,
+        revision: group.spec.revision,
+        template_hash: group.spec.template_hash.clone(),
+        replicas: group.spec.replicas,
+        instances: group.members.iter().map(|m| m.instance.status()).collect(),
     }
 }
 

@@ -599,3 +599,53 @@ fn a_new_platform_adopts_running_instances() {
         );
     });
 }
+
+/// A takeover: the old daemon's platform lets go of its instances without touching
+/// them, a new platform adopts them; `resume` takes them back when a takeover fails.
+#[tokio::test]
+async fn a_suspended_platform_leaves_its_instances_to_the_next_one() {
+    let run = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    let blue = key("handoff", Color::Blue);
+    let old = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let _guard = KillOnDrop(old.clone(), "handoff");
+    let mut template = python_server(site.path());
+    template.readiness_probe = Some(http_probe("/"));
+    old.start(blue.clone(), spec(template.clone(), 3, 1))
+        .await
+        .unwrap();
+    let before = wait_ready(&old, &blue, 1).await.remove(0);
+    let pid = before.pid.unwrap();
+
+    old.suspend().await;
+    assert_eq!(
+        instances(&old, &blue),
+        std::slice::from_ref(&before),
+        "observe answers with the groups as they were"
+    );
+    assert!(matches!(
+        old.start(key("handoff", Color::Green), spec(template, 4, 1))
+            .await,
+        Err(PlatformError::Suspended)
+    ));
+    old.stop(&blue).await;
+    old.shutdown_all().await;
+    assert!(
+        group_alive(pid),
+        "a suspended platform stops nothing, not even at shutdown"
+    );
+
+    let new = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let adopted = wait_ready(&new, &blue, 1).await.remove(0);
+    assert_eq!(
+        (adopted.id.as_str(), adopted.pid),
+        (before.id.as_str(), Some(pid))
+    );
+    new.suspend().await;
+
+    new.resume().unwrap();
+    let again = wait_ready(&new, &blue, 1).await.remove(0);
+    assert_eq!(again.pid, Some(pid), "resume adopts the same process again");
+    new.shutdown_all().await;
+    assert!(!group_alive(pid));
+}

@@ -12,28 +12,42 @@
 //! - `Proxy::in_flight(&self, Color) -> u64`: requests currently being served by that
 //!   color (guards that also fire when the client goes away).
 //! - `Proxy::drain(&self, Color, Duration) -> bool`: waits until nothing is in flight
-//!   on the color, or the timeout; true when drained.
+//!   on the color, or the timeout, then for its upgraded connections (WebSocket) up to
+//!   [`ProxyOptions::upgraded_drain_timeout`], closing those still open; true when
+//!   everything ended by itself.
 //! - `Proxy::stats(&self, Color) -> ColorStats`: counters since start.
+//! - `Proxy::set_options(&self, ProxyOptions)`: limits, timeouts, passive health.
 //! - `serve(listener, proxy, Role, shutdown)`: the caller binds, the server serves.
+//!   `serve_tls(listener, proxy, Role, TlsSetting, shutdown)`: the same with TLS
+//!   (a [`Tls`] certificate from PEM files, reloaded when they change).
+//!
+//! Clients speak HTTP/1.1 or HTTP/2 (ALPN over TLS, prior knowledge in plain text);
+//! instances are spoken to in HTTP/1.1.
 
 #![warn(missing_docs)]
 
 mod body;
 mod headers;
+mod options;
+mod pool;
 mod proxy;
 mod routing;
 mod server;
+mod tls;
+mod tunnel;
 
 use std::net::SocketAddr;
 
 use teal_core::Color;
 use teal_core::spec::PreviewMatch;
 
-pub use proxy::{
-    CONNECT_TIMEOUT, ColorStats, LATENCY_BUCKETS_MS, POOL_IDLE_TIMEOUT, Proxy,
-    UPSTREAM_HEADER_TIMEOUT,
+pub use options::{
+    CONNECT_TIMEOUT, Limits, POOL_IDLE_TIMEOUT, PassiveHealth, ProxyOptions,
+    UPGRADED_DRAIN_TIMEOUT, UPSTREAM_HEADER_TIMEOUT, UPSTREAM_IDLE_TIMEOUT,
 };
-pub use server::{SHUTDOWN_GRACE, serve};
+pub use proxy::{ColorStats, LATENCY_BUCKETS_MS, Proxy};
+pub use server::{SHUTDOWN_GRACE, TLS_HANDSHAKE_TIMEOUT, serve, serve_tls};
+pub use tls::{Tls, TlsError, TlsSetting};
 
 /// The ready instances of one color at one revision.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,40 +1,29 @@
 //! The proxy of one rollout: route table, per-color accounting and forwarding.
 
-use std::error::Error as StdError;
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, UPGRADE};
+use hyper::http::request::Parts;
+use hyper::http::uri::Scheme;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use teal_core::Color;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{Level, debug, warn};
 
-use crate::body::ResponseBody;
-use crate::headers::{add_forwarded, strip_hop_by_hop};
+use crate::body::{Lease, RequestBody, ResponseBody, Upload};
+use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::options::{Limits, PassiveHealth, ProxyOptions};
+use crate::pool::{ConnectError, Health, Instance, Registry, Sender};
 use crate::routing::{self, Route};
-use crate::{Backend, Role, RouteTable};
-
-/// How long an instance may take to send its response headers before teal answers
-/// `504 Gateway Timeout`.
-pub const UPSTREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long connecting to an instance may take before it counts as a connect failure
-/// (and an idempotent request is retried on the next instance).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long an idle pooled connection to an instance is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::tunnel::{self, Upgraded};
+use crate::{Role, RouteTable};
 
 /// Response header naming the color that served the request.
 const X_TEAL_COLOR: HeaderName = HeaderName::from_static("x-teal-color");
@@ -43,9 +32,9 @@ const X_TEAL_REVISION: HeaderName = HeaderName::from_static("x-teal-revision");
 /// Response header on answers teal made itself, saying why in one token.
 const X_TEAL_REASON: HeaderName = HeaderName::from_static("x-teal-reason");
 
-/// The body sent upstream: the client's body, or nothing for a request that may be
-/// retried (only bodiless requests are, so the retry can send the same nothing again).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// How long a drain waits, after closing a color's upgraded connections, for their
+/// tunnels to finish closing.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Upper bounds, in milliseconds, of the latency histogram's buckets; a last bucket
 /// holds everything slower. Fine at the low end, where loopback services live, so a
@@ -63,6 +52,9 @@ const BUCKETS: usize = LATENCY_BUCKETS_MS.len() + 1;
 pub struct ColorStats {
     /// Requests being served now.
     pub in_flight: u64,
+    /// Upgraded connections (WebSocket and other `Connection: upgrade` tunnels) open
+    /// now. Not in `in_flight`: their request ended with the `101`.
+    pub upgraded: u64,
     /// Responses by how long the response head took, per bucket of
     /// [`LATENCY_BUCKETS_MS`] (not cumulative); the last entry counts the slower ones.
     pub latency_buckets: [u64; BUCKETS],
@@ -74,17 +66,28 @@ pub struct ColorStats {
     pub responses_2xx: u64,
     /// Responses with a 3xx status.
     pub responses_3xx: u64,
-    /// Responses with a 4xx status.
+    /// Responses with a 4xx status, including teal's own refusals (`rejected`).
     pub responses_4xx: u64,
     /// Responses with a 5xx status, whether from an instance or from teal.
     pub responses_5xx: u64,
     /// 502, 503 and 504 answers teal produced itself (no instance answered). Also
     /// counted in `responses_5xx`.
     pub proxy_errors: u64,
+    /// Requests teal refused itself for passing a limit (431, 413) or whose body the
+    /// client broke off (400). Also counted in `responses_4xx`.
+    pub rejected: u64,
+    /// Body bytes received from clients: request bodies, and what clients sent on
+    /// upgraded connections.
+    pub bytes_in: u64,
+    /// Body bytes sent to clients: response bodies from instances, and what instances
+    /// sent on upgraded connections.
+    pub bytes_out: u64,
+    /// Times passive health took an instance of this color out of rotation.
+    pub ejections: u64,
 }
 
 /// Live state of one color. Shared (Arc) with the in-flight guards, which may outlive
-/// the request future inside a response body.
+/// the request future inside a response body, and with the tunnels.
 pub(crate) struct ColorState {
     in_flight: AtomicU64,
     /// Woken when `in_flight` drops to zero.
@@ -97,8 +100,20 @@ pub(crate) struct ColorState {
     responses_4xx: AtomicU64,
     responses_5xx: AtomicU64,
     proxy_errors: AtomicU64,
+    rejected: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    ejections: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS],
     latency_sum_micros: AtomicU64,
+    /// Upgraded connections open now.
+    pub(crate) upgraded: AtomicU64,
+    /// Woken when `upgraded` drops to zero.
+    pub(crate) upgraded_idle: Notify,
+    /// Bumped to close every tunnel open now (each remembers the value it started
+    /// with); `close_tunnels` wakes them.
+    pub(crate) close_generation: AtomicU64,
+    pub(crate) close_tunnels: Notify,
 }
 
 impl ColorState {
@@ -113,11 +128,21 @@ impl ColorState {
             responses_4xx: AtomicU64::new(0),
             responses_5xx: AtomicU64::new(0),
             proxy_errors: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_micros: AtomicU64::new(0),
+            upgraded: AtomicU64::new(0),
+            upgraded_idle: Notify::new(),
+            close_generation: AtomicU64::new(0),
+            close_tunnels: Notify::new(),
         }
     }
 
+    /// Counts a response. `by_teal`: teal answered itself (a 5xx is then also a proxy
+    /// error, a 4xx a refusal).
     fn record(&self, status: StatusCode, by_teal: bool, latency: Duration) {
         let ms = latency.as_secs_f64() * 1000.0;
         let bucket = LATENCY_BUCKETS_MS
@@ -134,12 +159,16 @@ impl ColorState {
             300..=399 => &self.responses_3xx,
             400..=499 => &self.responses_4xx,
             500..=599 => &self.responses_5xx,
-            // 1xx are not final responses; nothing else exists.
+            // 1xx are not final responses (a 101 hands over to a tunnel).
             _ => return,
         };
         class.fetch_add(1, Ordering::Relaxed);
         if by_teal {
-            self.proxy_errors.fetch_add(1, Ordering::Relaxed);
+            if status.is_server_error() {
+                self.proxy_errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -151,28 +180,33 @@ impl ColorState {
             responses_4xx: self.responses_4xx.load(Ordering::Relaxed),
             responses_5xx: self.responses_5xx.load(Ordering::Relaxed),
             proxy_errors: self.proxy_errors.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::SeqCst),
+            upgraded: self.upgraded.load(Ordering::SeqCst),
             latency_buckets: std::array::from_fn(|i| {
                 self.latency_buckets[i].load(Ordering::Relaxed)
             }),
             latency_sum_micros: self.latency_sum_micros.load(Ordering::Relaxed),
         }
     }
+}
 
-    /// Resolves once nothing is in flight (immediately if nothing is).
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            // Register before checking: notify_waiters only wakes registered waiters,
-            // so a guard dropping between the check and the await would otherwise be
-            // missed.
-            notified.as_mut().enable();
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
+/// Resolves once the counter is zero (immediately if it is), `zero` being notified
+/// (notify_waiters) whenever it drops to zero.
+async fn wait_zero(counter: &AtomicU64, zero: &Notify) {
+    loop {
+        let notified = zero.notified();
+        tokio::pin!(notified);
+        // Register before checking: notify_waiters only wakes registered waiters, so
+        // a guard dropping between the check and the await would otherwise be missed.
+        notified.as_mut().enable();
+        if counter.load(Ordering::SeqCst) == 0 {
+            return;
         }
+        notified.await;
     }
 }
 
@@ -190,6 +224,10 @@ impl InFlight {
         InFlight {
             state: Arc::clone(state),
         }
+    }
+
+    pub(crate) fn state(&self) -> &ColorState {
+        &self.state
     }
 }
 
@@ -210,18 +248,68 @@ struct Failure {
     message: String,
 }
 
+/// One backend of the route table as requests use it: its instances resolved to
+/// their pools, its revision header made once.
+struct Target {
+    color: Color,
+    revision: u64,
+    revision_header: HeaderValue,
+    instances: Vec<Arc<Instance>>,
+}
+
+/// What one request reads, in one atomic load: the route table, its backends
+/// resolved, and the options.
+struct Routing {
+    table: Arc<RouteTable>,
+    active: Option<Arc<Target>>,
+    preview: Option<Arc<Target>>,
+    options: ProxyOptions,
+}
+
+impl Routing {
+    fn new(table: Arc<RouteTable>, options: ProxyOptions, registry: &Registry) -> Routing {
+        let target = |backend: &crate::Backend| {
+            Arc::new(Target {
+                color: backend.color,
+                revision: backend.revision,
+                revision_header: HeaderValue::from(backend.revision),
+                instances: backend
+                    .instances
+                    .iter()
+                    .map(|addr| registry.instance(*addr))
+                    .collect(),
+            })
+        };
+        Routing {
+            active: table.active.as_ref().map(target),
+            preview: table.preview.as_ref().map(target),
+            table,
+            options,
+        }
+    }
+}
+
+/// An instance's answer, with the connection it came on.
+struct Forwarded {
+    response: Response<Incoming>,
+    lease: Lease,
+}
+
 /// The reverse proxy of one rollout. Shared by its active and preview listeners.
 pub struct Proxy {
     rollout: String,
-    routes: ArcSwap<RouteTable>,
+    routing: ArcSwap<Routing>,
+    /// Serializes the writers of `routing` (set_routes, set_options), which build the
+    /// new value from the current one.
+    writer: Mutex<()>,
     /// Indexed by [`color_index`].
     colors: [Arc<ColorState>; 2],
     /// Tables swapped out while requests routed by them may still be between loading
     /// the table and counting themselves in flight (each request holds its table until
-    /// its response head is returned, by which time it counts as in flight).
-    retired: std::sync::Mutex<Vec<Arc<RouteTable>>>,
-    client: Client<HttpConnector, UpstreamBody>,
-    upstream_timeout: Duration,
+    /// it counts as in flight).
+    retired: Mutex<Vec<Arc<Routing>>>,
+    /// Every instance's connections and passive health, by address.
+    registry: Arc<Registry>,
 }
 
 fn color_index(color: Color) -> usize {
@@ -233,30 +321,31 @@ fn color_index(color: Color) -> usize {
 
 impl Proxy {
     /// A proxy for the rollout with an empty route table (every request gets 503 until
-    /// [`Proxy::set_routes`]) and the default [`UPSTREAM_HEADER_TIMEOUT`].
+    /// [`Proxy::set_routes`]) and the default [`ProxyOptions`].
     pub fn new(rollout: &str) -> Arc<Proxy> {
-        Proxy::with_upstream_timeout(rollout, UPSTREAM_HEADER_TIMEOUT)
+        Proxy::with_options(rollout, ProxyOptions::default())
+    }
+
+    /// Like [`Proxy::new`], with other options.
+    pub fn with_options(rollout: &str, options: ProxyOptions) -> Arc<Proxy> {
+        let registry = Registry::new();
+        let routing = Routing::new(Arc::new(RouteTable::default()), options, &registry);
+        Arc::new(Proxy {
+            rollout: rollout.to_owned(),
+            routing: ArcSwap::from_pointee(routing),
+            writer: Mutex::new(()),
+            colors: [Arc::new(ColorState::new()), Arc::new(ColorState::new())],
+            retired: Mutex::new(Vec::new()),
+            registry,
+        })
     }
 
     /// Like [`Proxy::new`], with another limit on how long an instance may take to
-    /// send its response headers.
+    /// send its response headers ([`Limits::response_header_timeout`]).
     pub fn with_upstream_timeout(rollout: &str, upstream_timeout: Duration) -> Arc<Proxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // The idle timeout needs a timer to run on.
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Arc::new(Proxy {
-            rollout: rollout.to_owned(),
-            routes: ArcSwap::from_pointee(RouteTable::default()),
-            colors: [Arc::new(ColorState::new()), Arc::new(ColorState::new())],
-            retired: std::sync::Mutex::new(Vec::new()),
-            client,
-            upstream_timeout,
-        })
+        let mut options = ProxyOptions::default();
+        options.limits.response_header_timeout = upstream_timeout;
+        Proxy::with_options(rollout, options)
     }
 
     /// The rollout this proxy serves.
@@ -268,7 +357,25 @@ impl Proxy {
     /// old table finish by it; every later request, on any connection, uses the new one.
     pub fn set_routes(&self, routes: RouteTable) {
         debug!(rollout = %self.rollout, ?routes, "route table swapped");
-        let old = self.routes.swap(Arc::new(routes));
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let options = self.routing.load().options;
+        self.publish(Routing::new(Arc::new(routes), options, &self.registry));
+    }
+
+    /// Replaces the options; requests that start from now on follow them.
+    pub fn set_options(&self, options: ProxyOptions) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let table = Arc::clone(&self.routing.load().table);
+        self.publish(Routing::new(table, options, &self.registry));
+    }
+
+    /// The options requests follow now.
+    pub fn options(&self) -> ProxyOptions {
+        self.routing.load().options
+    }
+
+    fn publish(&self, routing: Routing) {
+        let old = self.routing.swap(Arc::new(routing));
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|table| Arc::strong_count(table) > 1);
         retired.push(old);
@@ -283,7 +390,7 @@ impl Proxy {
 
     /// The route table requests are routed by now.
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.load_full()
+        Arc::clone(&self.routing.load().table)
     }
 
     /// Requests currently being served by the color: routed to it and not yet
@@ -292,21 +399,55 @@ impl Proxy {
         self.state(color).in_flight.load(Ordering::SeqCst)
     }
 
-    /// Waits until nothing is in flight on the color, or the timeout passes. True when
-    /// drained. Call it after swapping the color out of the route table; it does not
-    /// stop new requests from being routed to the color. A request that loaded the
-    /// old table an instant before the swap is waited for too: drain first waits until
-    /// every request routed by an older table has counted itself in flight.
+    /// Instances passive health keeps out of rotation now (after
+    /// [`PassiveHealth::consecutive_failures`] failures in a row, for
+    /// [`PassiveHealth::cooldown`]), sorted.
+    pub fn ejected(&self) -> Vec<SocketAddr> {
+        self.registry.ejected()
+    }
+
+    /// Waits until nothing is in flight on the color, or the timeout passes; then until
+    /// its upgraded connections have ended, or [`ProxyOptions::upgraded_drain_timeout`]
+    /// passes, when they are closed (both sides shut down). True when everything
+    /// finished by itself in time.
+    ///
+    /// Call it after swapping the color out of the route table; it does not stop new
+    /// requests from being routed to the color. A request that loaded the old table an
+    /// instant before the swap is waited for too: drain first waits until every
+    /// request routed by an older table has counted itself in flight.
     pub async fn drain(&self, color: Color, timeout: Duration) -> bool {
-        let drained = async {
+        let state = self.state(color);
+        let requests = async {
             // Routing takes microseconds, so a short poll is cheap and rare.
             while !self.old_tables_released() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            self.state(color).wait_idle().await
+            wait_zero(&state.in_flight, &state.idle).await;
         };
         // tokio's timeout copes with durations too large to add to "now".
-        tokio::time::timeout(timeout, drained).await.is_ok()
+        let requests_drained = tokio::time::timeout(timeout, requests).await.is_ok();
+        // After the requests: an upgrade request still in flight becomes a tunnel
+        // before it stops counting as a request.
+        let upgraded_drained = self.drain_upgraded(color).await;
+        requests_drained && upgraded_drained
+    }
+
+    async fn drain_upgraded(&self, color: Color) -> bool {
+        let state = self.state(color);
+        let timeout = self.options().upgraded_drain_timeout;
+        let upgraded = wait_zero(&state.upgraded, &state.upgraded_idle);
+        if tokio::time::timeout(timeout, upgraded).await.is_ok() {
+            return true;
+        }
+        warn!(
+            rollout = %self.rollout, %color, open = state.upgraded.load(Ordering::SeqCst), ?timeout,
+            "upgraded connections still open after the drain timeout; closing them"
+        );
+        state.close_generation.fetch_add(1, Ordering::SeqCst);
+        state.close_tunnels.notify_waiters();
+        let closed = wait_zero(&state.upgraded, &state.upgraded_idle);
+        let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, closed).await;
+        false
     }
 
     /// The color's counters since the proxy was created.
@@ -321,146 +462,314 @@ impl Proxy {
     /// Serves one request that arrived on a listener of the given role.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         role: Role,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
         // The one load of this request: it is routed by this snapshot, whatever
         // set_routes does meanwhile. The request holds the table until it counts as in
         // flight, which is what lets `drain` know no routing by an old table is pending.
-        let started = std::time::Instant::now();
-        let table = self.routes.load_full();
-        let (route, backend) = routing::choose(&table, role, request.headers());
-        let backend = backend.cloned();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-
-        let Some(backend) = backend.as_ref() else {
+        let routing = self.routing.load();
+        let (route, backend) = routing::choose(&routing.table, role, request.headers());
+        let target = backend.and_then(|_| match route {
+            Route::Active => routing.active.as_ref(),
+            Route::Preview => routing.preview.as_ref(),
+        });
+        let Some(target) = target.map(Arc::clone) else {
             let failure = self.no_instance(route, "no revision is deployed yet".to_owned());
-            debug!(rollout = %self.rollout, %method, %path, route = route.as_str(), "no backend");
+            debug!(rollout = %self.rollout, method = %request.method(), path = request.uri().path(), route = route.as_str(), "no backend");
             return failure_response(failure, None);
         };
-        let state = self.state(backend.color);
+        let options = routing.options;
+        let state = self.state(target.color);
         state.requests.fetch_add(1, Ordering::Relaxed);
 
-        if backend.instances.is_empty() {
+        if target.instances.is_empty() {
             let detail = format!(
                 "{} revision {} has no ready instance",
-                backend.color, backend.revision
+                target.color, target.revision
             );
             let failure = self.no_instance(route, detail);
-            debug!(rollout = %self.rollout, %method, %path, route = route.as_str(), color = %backend.color, "no ready instance");
+            debug!(rollout = %self.rollout, method = %request.method(), path = request.uri().path(), route = route.as_str(), color = %target.color, "no ready instance");
             state.record(failure.status, true, started.elapsed());
-            return failure_response(failure, Some(backend));
+            return failure_response(failure, Some(&target));
+        }
+        if let Some(failure) = over_limits(&request, &options.limits) {
+            debug!(rollout = %self.rollout, method = %request.method(), path = request.uri().path(), reason = failure.reason, "refused");
+            state.record(failure.status, true, started.elapsed());
+            return failure_response(failure, Some(&target));
         }
 
         // From here until the response body ends (or is dropped) the request counts
         // on this color. If the client goes away before the response, hyper drops this
         // future and the guard with it.
         let guard = InFlight::enter(state);
-        drop(table);
-        match self.forward(request, backend, client).await {
-            Ok((instance, response)) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                // The version is per hop: the client talks HTTP/1.1 with us whatever
-                // the instance spoke (hyper adapts it for HTTP/1.0 clients).
-                parts.version = Version::HTTP_11;
-                label(&mut parts.headers, backend);
-                state.record(parts.status, false, started.elapsed());
-                debug!(
-                    rollout = %self.rollout, %method, %path, route = route.as_str(),
-                    color = %backend.color, revision = backend.revision, %instance,
-                    status = parts.status.as_u16(), "proxied"
-                );
-                Response::from_parts(parts, ResponseBody::upstream(body, guard))
-            }
+        drop(routing);
+
+        let logged = tracing::enabled!(Level::DEBUG)
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let client_upgrade = (request.version() == Version::HTTP_11
+            && wants_upgrade(request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
+        let https = request
+            .extensions()
+            .get::<Scheme>()
+            .is_some_and(|scheme| *scheme == Scheme::HTTPS);
+        let (mut parts, body) = request.into_parts();
+        let (body, upload) = RequestBody::new(body, state, options.limits.max_request_body_bytes);
+        let hop = strip_hop_by_hop(&mut parts.headers);
+        add_forwarded(&mut parts.headers, client.ip(), https);
+        if client_upgrade.is_some()
+            && let Some(protocol) = hop.upgrade
+        {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol);
+        }
+        to_origin_form(&mut parts);
+        let upstream = Request::from_parts(parts, body);
+
+        let forwarded = self
+            .forward(upstream, &target, state, &options, upload.as_deref())
+            .await;
+        let Forwarded {
+            mut response,
+            lease,
+        } = match forwarded {
+            Ok(forwarded) => forwarded,
             Err(failure) => {
                 state.record(failure.status, true, started.elapsed());
-                failure_response(failure, Some(backend))
+                return failure_response(failure, Some(&target));
             }
+        };
+        let status = response.status();
+        state.record(status, false, started.elapsed());
+        if let Some((method, path)) = logged {
+            debug!(
+                rollout = %self.rollout, %method, %path, route = route.as_str(),
+                color = %target.color, revision = target.revision,
+                instance = %lease.instance.addr, status = status.as_u16(), "proxied"
+            );
         }
+
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut parts, _empty) = response.into_parts();
+            let hop = strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = hop.upgrade {
+                parts.headers.insert(UPGRADE, protocol);
+            }
+            label(&mut parts.headers, &target);
+            // Counted as upgraded before the request stops counting as in flight.
+            let upgraded = Upgraded::enter(state);
+            tokio::spawn(async move {
+                tunnel::run(client_upgrade, upstream_upgrade, upgraded).await;
+                // The connection belongs to the tunnel now; never back to the pool.
+                drop(lease);
+            });
+            drop(guard);
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+
+        let (mut parts, body) = response.into_parts();
+        let hop = strip_hop_by_hop(&mut parts.headers);
+        // The version is per hop: the client talks HTTP/1.1 with us whatever the
+        // instance spoke (hyper adapts it for HTTP/1.0 clients).
+        parts.version = Version::HTTP_11;
+        label(&mut parts.headers, &target);
+        // An instance that says it closes the connection will not take another
+        // request on it.
+        let lease = (!hop.close).then_some(lease);
+        let body = ResponseBody::upstream(
+            body,
+            guard,
+            lease,
+            upload,
+            options.limits.upstream_idle_timeout,
+        );
+        Response::from_parts(parts, body)
     }
 
-    /// Sends the request to the backend's next instance (round-robin). A bodiless
-    /// idempotent request whose connect failed is retried once on the instance after
-    /// it, never on the other color.
+    /// Sends the request to the target's next instance in rotation, on an idle
+    /// connection of that instance or a new one. A request whose connect failed (so
+    /// nothing of it was sent) is retried once on another instance when its method is
+    /// idempotent, never on the other color; one that an idle connection closed under
+    /// before it was sent is sent again on a fresh connection.
     async fn forward(
         &self,
-        request: Request<Incoming>,
-        backend: &Backend,
-        client: SocketAddr,
-    ) -> Result<(SocketAddr, Response<Incoming>), Failure> {
-        let (parts, body) = request.into_parts();
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        add_forwarded(&mut headers, client.ip());
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/")
-            .to_owned();
-
-        // Retrying needs the request a second time; a streamed body can be sent only
-        // once, so only requests without one are retried.
-        let retryable = is_idempotent(&parts.method) && body.is_end_stream();
-        let mut body = if retryable { None } else { Some(body) };
-
-        let count = backend.instances.len();
-        let first = self
-            .state(backend.color)
-            .next_instance
-            .fetch_add(1, Ordering::Relaxed);
-        let mut attempt = 0;
+        mut request: Request<RequestBody>,
+        target: &Target,
+        state: &ColorState,
+        options: &ProxyOptions,
+        upload: Option<&Upload>,
+    ) -> Result<Forwarded, Failure> {
+        let limits = &options.limits;
+        let count = target.instances.len();
+        let start = state.next_instance.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.pick(target, start, None);
+        let mut may_retry = is_idempotent(request.method()) && count > 1;
         loop {
-            let instance = backend.instances[(first + attempt) % count];
-            let may_retry = retryable && attempt == 0 && count > 1;
-
-            let uri: Uri = format!("http://{instance}{path}").parse().map_err(|err| {
-                self.bad_gateway(backend, instance, "bad-uri", format!("bad URI: {err}"))
-            })?;
-            let mut upstream = Request::new(match body.take() {
-                Some(body) => Either::Left(body),
-                None => Either::Right(Empty::new()),
-            });
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.headers_mut() = if may_retry {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
+            let instance = &target.instances[index];
+            let (mut sender, reused) = match instance.checkout() {
+                Some(sender) => (sender, true),
+                None => match instance.connect(limits.connect_timeout).await {
+                    Ok(sender) => {
+                        self.registry.start_reaper();
+                        (sender, false)
+                    }
+                    Err(err) => {
+                        self.instance_failed(instance, target, state, &options.health);
+                        let (reason, error) = match err {
+                            ConnectError::Timeout(timeout) => (
+                                "upstream-connect-timeout",
+                                format!("connect timeout: no connection within {timeout:?}"),
+                            ),
+                            ConnectError::Failed(error) => (
+                                "upstream-connect-failed",
+                                format!("connect failed: {error}"),
+                            ),
+                        };
+                        if may_retry {
+                            warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "connect failed; retrying on another instance");
+                            may_retry = false;
+                            index = self.pick(target, index + 1, Some(index));
+                            continue;
+                        }
+                        warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "upstream request failed");
+                        return Err(self.bad_gateway(target, instance.addr, reason, error));
+                    }
+                },
             };
-
-            match tokio::time::timeout(self.upstream_timeout, self.client.request(upstream)).await {
-                Ok(Ok(response)) => return Ok((instance, response)),
-                Ok(Err(err)) => {
-                    let error = error_chain(&err);
-                    if may_retry && err.is_connect() {
-                        warn!(rollout = %self.rollout, color = %backend.color, %instance, %error, "connect failed; retrying on the next instance");
-                        attempt += 1;
+            if reused && !self.ready(&mut sender, limits.connect_timeout).await {
+                // Closed while idle: take the next one (nothing was sent).
+                continue;
+            }
+            if !request.headers().contains_key(HOST) {
+                // HTTP/1.0 clients may send none; HTTP/1.1 servers need one.
+                if let Ok(host) = HeaderValue::try_from(instance.addr.to_string()) {
+                    request.headers_mut().insert(HOST, host);
+                }
+            }
+            let sent = tokio::time::timeout(
+                limits.response_header_timeout,
+                sender.try_send_request(request),
+            )
+            .await;
+            match sent {
+                Ok(Ok(response)) => {
+                    if response.status().is_server_error() {
+                        self.instance_failed(instance, target, state, &options.health);
+                    } else {
+                        instance.succeeded();
+                    }
+                    let lease = Lease {
+                        instance: Arc::clone(instance),
+                        sender,
+                    };
+                    return Ok(Forwarded { response, lease });
+                }
+                Ok(Err(mut err)) => {
+                    if reused && let Some(unsent) = err.take_message() {
+                        // The idle connection went away before the request was
+                        // written: nothing reached the instance, send it again.
+                        request = unsent;
                         continue;
                     }
-                    warn!(rollout = %self.rollout, color = %backend.color, %instance, %error, "upstream request failed");
-                    let reason = if err.is_connect() {
-                        "upstream-connect-failed"
-                    } else {
-                        "upstream-failed"
-                    };
-                    return Err(self.bad_gateway(backend, instance, reason, error));
+                    let err = err.into_error();
+                    if upload.is_some_and(Upload::too_large) {
+                        return Err(body_too_large(limits));
+                    }
+                    if err.is_user() {
+                        // The client's own body failed (it went away, or sent a bad
+                        // chunk): not the instance's fault.
+                        return Err(Failure {
+                            status: StatusCode::BAD_REQUEST,
+                            reason: "client-body-failed",
+                            message: format!(
+                                "teal: the request body could not be read: {}",
+                                error_chain(&err)
+                            ),
+                        });
+                    }
+                    self.instance_failed(instance, target, state, &options.health);
+                    let error = error_chain(&err);
+                    warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "upstream request failed");
+                    return Err(self.bad_gateway(target, instance.addr, "upstream-failed", error));
                 }
                 Err(_elapsed) => {
-                    warn!(rollout = %self.rollout, color = %backend.color, %instance, timeout = ?self.upstream_timeout, "upstream sent no response headers in time");
+                    self.instance_failed(instance, target, state, &options.health);
+                    let timeout = limits.response_header_timeout;
+                    warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, ?timeout, "upstream sent no response headers in time");
                     return Err(Failure {
                         status: StatusCode::GATEWAY_TIMEOUT,
                         reason: "upstream-timeout",
                         message: format!(
-                            "teal: instance {instance} of rollout {:?} ({} revision {}) sent no response headers within {:?}",
-                            self.rollout, backend.color, backend.revision, self.upstream_timeout
+                            "teal: instance {} of rollout {:?} ({} revision {}) sent no response headers within {timeout:?} (response header timeout)",
+                            instance.addr, self.rollout, target.color, target.revision
                         ),
                     });
                 }
             }
+        }
+    }
+
+    /// Waits until a pooled connection can take a request: usually at once, or after
+    /// a moment when its previous response has only just ended. False when it closed
+    /// (or, oddly, stayed busy past `limit`).
+    async fn ready(&self, sender: &mut Sender, limit: Duration) -> bool {
+        // One poll first, so the common case sets no timer.
+        match poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
+            Poll::Ready(ready) => ready.is_ok(),
+            Poll::Pending => matches!(
+                tokio::time::timeout(limit, sender.ready()).await,
+                Ok(Ok(()))
+            ),
+        }
+    }
+
+    /// The instance to use: the first in rotation from `start` that passive health
+    /// has not taken out (and is not `skip`); when all are out, the first anyway.
+    fn pick(&self, target: &Target, start: usize, skip: Option<usize>) -> usize {
+        let count = target.instances.len();
+        let mut fallback = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            if Some(index) == skip {
+                continue;
+            }
+            if !target.instances[index].is_ejected(&self.registry) {
+                return index;
+            }
+            fallback.get_or_insert(index);
+        }
+        fallback.or(skip).unwrap_or(0)
+    }
+
+    /// Counts a failure of the instance for passive health; says so when that takes
+    /// it out of rotation.
+    fn instance_failed(
+        &self,
+        instance: &Instance,
+        target: &Target,
+        state: &ColorState,
+        health: &PassiveHealth,
+    ) {
+        if let Health::Ejected(failures) =
+            instance.failed(&self.registry, health.consecutive_failures, health.cooldown)
+        {
+            state.ejections.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                rollout = %self.rollout, color = %target.color, revision = target.revision,
+                instance = %instance.addr, failures, cooldown = ?health.cooldown,
+                "instance failed repeatedly; out of rotation for the cooldown"
+            );
         }
     }
 
@@ -478,7 +787,7 @@ impl Proxy {
 
     fn bad_gateway(
         &self,
-        backend: &Backend,
+        target: &Target,
         instance: SocketAddr,
         reason: &'static str,
         error: String,
@@ -488,10 +797,72 @@ impl Proxy {
             reason,
             message: format!(
                 "teal: instance {instance} of rollout {:?} ({} revision {}) failed: {error}",
-                self.rollout, backend.color, backend.revision
+                self.rollout, target.color, target.revision
             ),
         }
     }
+}
+
+/// A refusal when the request is over one of the limits that can be read from its
+/// head: the head's size, the body's announced length.
+fn over_limits(request: &Request<Incoming>, limits: &Limits) -> Option<Failure> {
+    let head = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len())
+        + request
+            .headers()
+            .iter()
+            // ": " and CRLF.
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > limits.max_request_header_bytes {
+        return Some(Failure {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: "request-header-too-large",
+            message: format!(
+                "teal: the request head is {head} bytes, over the limit of {} bytes (max_request_header_bytes)",
+                limits.max_request_header_bytes
+            ),
+        });
+    }
+    // Content-Length, as hyper read it.
+    if request.body().size_hint().lower() > limits.max_request_body_bytes {
+        return Some(body_too_large(limits));
+    }
+    None
+}
+
+fn body_too_large(limits: &Limits) -> Failure {
+    Failure {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: "request-body-too-large",
+        message: format!(
+            "teal: the request body is over the limit of {} bytes (max_request_body_bytes)",
+            limits.max_request_body_bytes
+        ),
+    }
+}
+
+/// Sends the path and query only (origin-form), as an instance expects: a request in
+/// absolute-form (or from HTTP/2, where the URI carries the authority) keeps its
+/// authority as `Host` when it has none.
+fn to_origin_form(parts: &mut Parts) {
+    parts.version = Version::HTTP_11;
+    let Some(authority) = parts.uri.authority() else {
+        return;
+    };
+    if !parts.headers.contains_key(HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(HOST, host);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
 }
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
@@ -501,17 +872,17 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// Says who served: `x-teal-color` and `x-teal-revision`.
-fn label(headers: &mut HeaderMap, backend: &Backend) {
+fn label(headers: &mut HeaderMap, target: &Target) {
     headers.insert(
         X_TEAL_COLOR,
-        HeaderValue::from_static(backend.color.as_str()),
+        HeaderValue::from_static(target.color.as_str()),
     );
-    headers.insert(X_TEAL_REVISION, HeaderValue::from(backend.revision));
+    headers.insert(X_TEAL_REVISION, target.revision_header.clone());
 }
 
 /// A short text answer from teal itself, labelled with the backend it was routed to
 /// when there is one.
-fn failure_response(failure: Failure, backend: Option<&Backend>) -> Response<ResponseBody> {
+fn failure_response(failure: Failure, target: Option<&Target>) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::text(format!("{}\n", failure.message)));
     *response.status_mut() = failure.status;
     let headers = response.headers_mut();
@@ -520,15 +891,15 @@ fn failure_response(failure: Failure, backend: Option<&Backend>) -> Response<Res
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(X_TEAL_REASON, HeaderValue::from_static(failure.reason));
-    if let Some(backend) = backend {
-        label(headers, backend);
+    if let Some(target) = target {
+        label(headers, target);
     }
     response
 }
 
 /// The error and its causes on one line: hyper's top-level message ("client error
 /// (Connect)") says little without them.
-fn error_chain(err: &dyn StdError) -> String {
+fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -1,4 +1,11 @@
 //! The accept loop of one listener, with graceful shutdown.
+//!
+//! One port speaks HTTP/1.1 and HTTP/2: over TLS the client picks with ALPN, in plain
+//! text an HTTP/2 client starts with the connection preface ("prior knowledge", h2c)
+//! and anything else is HTTP/1.1. Instances are always spoken to in HTTP/1.1; what an
+//! HTTP/2 request carries differently (`:authority`, split cookies) is put back into
+//! HTTP/1.1 form before it is routed. Every request carries the scheme the client used
+//! (`http` or `https`) as a [`Scheme`] extension.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,38 +14,66 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::body::Incoming;
+use hyper::header::{COOKIE, HOST, HeaderValue};
+use hyper::http::uri::Scheme;
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Request, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::tls::{Tls, TlsSetting};
 use crate::{Proxy, Role};
 
 /// How long open connections may take to finish their current request after
 /// shutdown before they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a client may take to complete the TLS handshake before it is dropped, so
+/// connections that never finish one do not pile up.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a new connection may stay silent before it is dropped (hyper's header read
+/// timeout takes over once it has sent something).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Pause after an accept error that is not about one connection (typically out of
 /// file descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves HTTP/1.1 on the listener, routing every request by `proxy`'s current route
-/// table for the given role, until `shutdown` resolves.
+/// Serves plain HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on the listener, routing
+/// every request by `proxy`'s current route table for the given role, until `shutdown`
+/// resolves.
 ///
-/// On shutdown it stops accepting, lets every open connection finish the request it is
-/// serving (keep-alive connections are closed after it), and returns after at most
-/// [`SHUTDOWN_GRACE`]; connections still busy then are cut.
+/// On shutdown it stops accepting, lets every open connection finish the requests it is
+/// serving (keep-alive connections are closed after them; HTTP/2 clients get a GOAWAY),
+/// and returns after at most [`SHUTDOWN_GRACE`]; connections still busy then are cut.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     role: Role,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_tls(listener, proxy, role, TlsSetting::default(), shutdown).await
+}
+
+/// Like [`serve`], with TLS on the connections accepted while `tls` holds a
+/// certificate (HTTP/2 or HTTP/1.1 chosen by ALPN); plain while it holds none. The
+/// setting is read once per accepted connection, so a change applies to the next one.
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    role: Role,
+    tls: TlsSetting,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let local = listener.local_addr()?;
-    debug!(rollout = %proxy.rollout(), %local, ?role, "listening");
+    debug!(rollout = %proxy.rollout(), %local, ?role, tls = ?tls.current(), "listening");
     // Tells every connection task to shut down gracefully.
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -54,6 +89,7 @@ pub async fn serve(
                         peer,
                         Arc::clone(&proxy),
                         role,
+                        tls.current(),
                         closing_rx.clone(),
                     ));
                 }
@@ -103,25 +139,88 @@ async fn serve_connection(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     role: Role,
+    tls: Option<Arc<Tls>>,
     mut closing: watch::Receiver<bool>,
 ) {
     // Latency matters more than packet count for request/response traffic.
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%peer, error = %err, "could not set TCP_NODELAY");
     }
-    let service = service_fn(move |request| {
+    // Hyper closes a connection it has read nothing from when told to shut down. A
+    // client that connected just before a shutdown is about to send, and the socket
+    // it connected to may live on in a daemon that took over (`teal server`'s
+    // handoff): it must be answered, not dropped. So the connection is served once its
+    // first bytes are there (`peek`: `readable` may be a false positive), and hyper
+    // reads them before it can hear of the shutdown (the `biased` select below).
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(read)) if read > 0 => {}
+        _ => return,
+    }
+    let Some(tls) = tls else {
+        let io = TokioIo::new(stream);
+        return serve_http(io, peer, proxy, role, Scheme::HTTP, closing).await;
+    };
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                // Scanners, clients that distrust the certificate: their business.
+                debug!(%peer, error = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                return;
+            }
+        },
+        // No request has started on this connection: nothing to finish.
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    serve_http(
+        TokioIo::new(stream),
+        peer,
+        proxy,
+        role,
+        Scheme::HTTPS,
+        closing,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (whichever the client starts with) on one connection
+/// until it ends, or until `closing` says to finish what is in flight and close.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    role: Role,
+    scheme: Scheme,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
+        request.extensions_mut().insert(scheme.clone());
+        as_http1(&mut request);
         async move { Ok::<_, Infallible>(proxy.handle(request, role, peer).await) }
     });
-    let connection = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .keep_alive(true)
         // The timer enables hyper's header read timeout (slow clients holding a
         // connection without ever finishing their request headers).
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
+        .timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    // With upgrades, so an HTTP/1.1 request may switch protocols (WebSocket).
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
 
     let result = tokio::select! {
+        // The connection first, so bytes already there are read before a shutdown.
+        biased;
         result = connection.as_mut() => result,
         // Err means the sender is gone, which only happens when serve() is over;
         // shut down gracefully in that case too.
@@ -134,5 +233,37 @@ async fn serve_connection(
     if let Err(err) = result {
         // Clients that disconnect mid-request end up here; that is their business.
         debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+/// Gives an HTTP/2 request the form an HTTP/1.1 instance expects: a `Host` header
+/// (HTTP/2 sends the `:authority` pseudo-header instead, which hyper puts in the URI)
+/// and a single `Cookie` header (HTTP/2 clients may send one per cookie, to be joined
+/// with "; " before going on in HTTP/1.1, RFC 9113 §8.2.3). HTTP/1 requests are left
+/// as they are.
+fn as_http1(request: &mut Request<Incoming>) {
+    if request.version() != Version::HTTP_2 {
+        return;
+    }
+    // RFC 9113 §8.3.1: `:authority` wins over a Host header a client also sent.
+    let authority = request
+        .uri()
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    let headers = request.headers_mut();
+    if let Some(authority) = authority {
+        headers.insert(HOST, authority);
+    }
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for cookie in headers.get_all(COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(cookie.as_bytes());
+        }
+        // Header values joined by "; " are a valid header value again.
+        if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+            headers.insert(COOKIE, joined);
+        }
     }
 }

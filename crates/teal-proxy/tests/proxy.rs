@@ -1,6 +1,15 @@
 //! The proxy end to end: real sockets on 127.0.0.1, real hyper backends that answer
 //! with their own name, keep-alive clients.
 
+#[path = "proxy/health.rs"]
+mod health;
+#[path = "proxy/limits.rs"]
+mod limits;
+#[path = "proxy/streaming.rs"]
+mod streaming;
+#[path = "proxy/upgrades.rs"]
+mod upgrades;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -522,8 +531,8 @@ mod support {
     use std::convert::Infallible;
     use std::future::Future;
     use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -535,23 +544,27 @@ mod support {
     use hyper::body::Frame;
     use hyper::body::Incoming;
     use hyper::client::conn::http1::SendRequest;
-    use hyper::header::{HOST, HeaderName, HeaderValue};
+    use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
     use hyper::service::service_fn;
     use hyper::{HeaderMap, Method, Request, Response, StatusCode};
     use hyper_util::rt::TokioIo;
     use teal_core::Color;
     use teal_core::spec::PreviewMatch;
-    use teal_proxy::{Backend, Proxy, Role, RouteTable};
+    use teal_proxy::{Backend, Proxy, ProxyOptions, Role, RouteTable};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
 
-    /// Holds `/hold` requests until released, and counts how many arrived.
+    /// Holds `/hold` requests until released, and counts how many arrived; also what
+    /// the backend saw (connections, upload chunks) and whether it fails on purpose.
     #[derive(Clone)]
     pub struct Gate {
         arrived: Arc<AtomicUsize>,
         open: Arc<Semaphore>,
+        connections: Arc<AtomicUsize>,
+        failing: Arc<AtomicBool>,
+        received: Arc<Mutex<Vec<Bytes>>>,
     }
 
     impl Gate {
@@ -559,7 +572,30 @@ mod support {
             Gate {
                 arrived: Arc::new(AtomicUsize::new(0)),
                 open: Arc::new(Semaphore::new(0)),
+                connections: Arc::new(AtomicUsize::new(0)),
+                failing: Arc::new(AtomicBool::new(false)),
+                received: Arc::new(Mutex::new(Vec::new())),
             }
+        }
+
+        /// Connections the backend accepted.
+        pub fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+
+        /// From now on every request gets `500` (true) or is served again (false).
+        pub fn fail(&self, failing: bool) {
+            self.failing.store(failing, Ordering::SeqCst);
+        }
+
+        /// The chunks of `/upload` bodies received so far, in order, as they arrived.
+        pub fn received(&self) -> Vec<String> {
+            self.received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+                .collect()
         }
 
         /// Requests that reached the backend's `/hold` handler.
@@ -582,7 +618,15 @@ mod support {
     ///
     /// - every response echoes the request headers back as `echo-<name>`;
     /// - `/hold` waits until the gate is released;
-    /// - `/hop` answers with a hop-by-hop header the proxy must drop.
+    /// - `/hop` answers with a hop-by-hop header the proxy must drop;
+    /// - `/stream` sends a first chunk, the rest once the gate opens;
+    /// - `/events` is a server-sent event stream: one event at once, then one more
+    ///   each time the gate opens, three in all;
+    /// - `/upload` records each chunk of the request body as it arrives and answers
+    ///   `received N` at its end;
+    /// - a request with `Upgrade` switches protocols: the backend then writes its name
+    ///   and a newline, and echoes whatever it reads;
+    /// - while the gate says so, everything is a `500`.
     pub async fn backend(name: &str) -> SocketAddr {
         gated_backend(name).await.0
     }
@@ -601,6 +645,7 @@ mod support {
                 };
                 let name = Arc::clone(&name);
                 let gate = accept_gate.clone();
+                gate.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let name = Arc::clone(&name);
@@ -609,6 +654,7 @@ mod support {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -619,8 +665,81 @@ mod support {
     async fn answer(
         name: &str,
         gate: &Gate,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Response<BoxBody<Bytes, Infallible>> {
+        if gate.failing.load(Ordering::SeqCst) {
+            let mut response =
+                Response::new(Full::new(Bytes::from(format!("{name} failing"))).boxed());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return response;
+        }
+        if let Some(protocol) = request.headers().get(UPGRADE).cloned() {
+            let upgrade = hyper::upgrade::on(&mut request);
+            let greeting = format!("{name}\n");
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                if io.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            let mut response = Response::new(Full::new(Bytes::new()).boxed());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(UPGRADE, protocol);
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            return response;
+        }
+        if request.uri().path() == "/upload" {
+            let mut body = request.into_body();
+            let mut total = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len();
+                    gate.received.lock().unwrap().push(data);
+                }
+            }
+            return Response::new(Full::new(Bytes::from(format!("received {total}"))).boxed());
+        }
+        if request.uri().path() == "/events" {
+            let (events, body) = tokio::sync::mpsc::channel(1);
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                for n in 1..=3 {
+                    if n > 1 {
+                        gate.arrived.fetch_add(1, Ordering::SeqCst);
+                        gate.open.acquire().await.unwrap().forget();
+                    }
+                    if events
+                        .send(Bytes::from(format!("data: {n}\n\n")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let mut response = Response::new(Chunks(body).boxed());
+            response.headers_mut().insert(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("text/event-stream"),
+            );
+            return response;
+        }
         if request.uri().path() == "/hold" {
             gate.arrived.fetch_add(1, Ordering::SeqCst);
             gate.open.acquire().await.unwrap().forget();
@@ -800,6 +919,142 @@ mod support {
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await.unwrap();
         String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// A proxy with the default options changed by `change`.
+    pub fn proxy_with(change: impl FnOnce(&mut ProxyOptions)) -> Arc<Proxy> {
+        let mut options = ProxyOptions::default();
+        change(&mut options);
+        Proxy::with_options("shop", options)
+    }
+
+    /// A client on a raw socket, for what hyper's client would not do on purpose
+    /// (chunked uploads paced by the test, protocol upgrades by hand).
+    pub struct Raw {
+        stream: TcpStream,
+        /// Read but not yet consumed.
+        buffered: Vec<u8>,
+    }
+
+    impl Raw {
+        pub async fn open(addr: SocketAddr) -> Raw {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            Raw {
+                stream,
+                buffered: Vec::new(),
+            }
+        }
+
+        pub async fn write(&mut self, bytes: &str) {
+            self.stream.write_all(bytes.as_bytes()).await.unwrap();
+        }
+
+        /// One chunk of a chunked body.
+        pub async fn chunk(&mut self, data: &str) {
+            self.write(&format!("{:x}\r\n{data}\r\n", data.len())).await;
+        }
+
+        async fn fill(&mut self) -> usize {
+            let mut buf = [0u8; 8192];
+            let n = within("bytes from the proxy", self.stream.read(&mut buf))
+                .await
+                .unwrap_or(0);
+            self.buffered.extend_from_slice(&buf[..n]);
+            n
+        }
+
+        /// A response head, up to and including its blank line.
+        pub async fn head(&mut self) -> String {
+            loop {
+                if let Some(end) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = self.buffered.drain(..end + 4).collect();
+                    return String::from_utf8_lossy(&head).into_owned();
+                }
+                assert!(
+                    self.fill().await > 0,
+                    "connection closed before a full head"
+                );
+            }
+        }
+
+        /// Exactly `n` bytes.
+        pub async fn exactly(&mut self, n: usize) -> String {
+            while self.buffered.len() < n {
+                assert!(self.fill().await > 0, "connection closed early");
+            }
+            let bytes: Vec<u8> = self.buffered.drain(..n).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+
+        /// Everything until the proxy closes the connection (a reset counts as a
+        /// close).
+        pub async fn rest(&mut self) -> String {
+            while self.fill().await > 0 {}
+            String::from_utf8_lossy(&std::mem::take(&mut self.buffered)).into_owned()
+        }
+    }
+
+    /// An address whose connects hang: a listener that never accepts, its backlog
+    /// filled, so the kernel drops further SYNs. Keep the value alive.
+    pub struct Blackhole {
+        pub addr: SocketAddr,
+        _listener: tokio::net::TcpListener,
+        _filling: Vec<TcpStream>,
+    }
+
+    pub async fn blackhole() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut filling = Vec::new();
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => filling.push(stream),
+                // The backlog is full: this connect hangs, as the proxy's will.
+                Err(_) => {
+                    return Blackhole {
+                        addr,
+                        _listener: listener,
+                        _filling: filling,
+                    };
+                }
+                Ok(Err(err)) => panic!("connect to the blackhole failed: {err}"),
+            }
+        }
+        panic!("the listen backlog never filled up");
+    }
+
+    /// A backend that answers one request per connection and then closes it without
+    /// saying so beforehand (no `Connection: close`), as servers whose keep-alive
+    /// timeout ran out do.
+    pub async fn one_shot_backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
     }
 
     /// Polls the condition until it holds; fails the test after 10 s.

@@ -74,10 +74,16 @@ pub enum Command {
     ///
     /// The API listens on loopback (--api, default 127.0.0.1:7070; port 0 picks a free
     /// port); the address it bound and the API token are written into --data-dir.
+    ///
+    /// Started while a daemon runs on the same --data-dir (say, a newer teal), it takes
+    /// over without refusing a connection: the running daemon hands over its listening
+    /// sockets (the API's too, when --api is the same) and its instances, which keep
+    /// running, then answers the requests in flight and exits.
     #[command(after_help = "\
 Examples:
   teal server                                           # ~/.local/share/teal, 127.0.0.1:7070
-  teal server --data-dir /var/lib/teal --api 127.0.0.1:7070")]
+  teal server --data-dir /var/lib/teal --api 127.0.0.1:7070
+  teal server &                                         # again, after an upgrade: takes over")]
     Server,
     /// Create or update the rollouts (and analysis templates) of a spec file.
     ///

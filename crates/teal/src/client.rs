@@ -2,6 +2,7 @@
 //! clear sentence.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -15,6 +16,10 @@ use serde::de::DeserializeOwned;
 use teal_core::api::ErrorBody;
 
 use crate::server::{ADDRESS_FILE, DEFAULT_API, TOKEN_FILE};
+
+/// How many times a call is sent to a daemon that answers it handed over (every
+/// 200 ms, so for about 10 s).
+const HANDOVER_ATTEMPTS: u32 = 50;
 
 /// A connection to one daemon.
 pub struct Client {
@@ -103,7 +108,20 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
-        let response = self.request(method, path, body).await?;
+        // A daemon that handed over to a new one (a restart of teal) answers 503 with
+        // Retry-After and changes nothing; the same address soon reaches the new one.
+        let mut attempts = 0;
+        let response = loop {
+            let response = self.request(method.clone(), path, body).await?;
+            attempts += 1;
+            if response.status() != StatusCode::SERVICE_UNAVAILABLE
+                || !response.headers().contains_key(hyper::header::RETRY_AFTER)
+                || attempts >= HANDOVER_ATTEMPTS
+            {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let status = response.status();
         let bytes = response
             .into_body()

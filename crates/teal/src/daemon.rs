@@ -4,6 +4,10 @@
 //! Commands (apply, promote, abort, retry, undo, delete) and the reconcilers' status
 //! changes are decided one at a time under `decisions`, and each is committed to the
 //! store before anyone is answered. Only reconcilers start, route and stop things.
+//!
+//! A daemon that a new `teal server` takes over from ([`Daemon::quiesce`], see
+//! `crate::handoff`) stops deciding and supervising for good, so that the two never
+//! write the store or touch an instance at the same time.
 
 mod analysis;
 mod listeners;
@@ -23,11 +27,13 @@ use teal_core::api::{
 use teal_core::rollout::{Event, Policy};
 use teal_core::spec::{Document, RolloutSpec, parse_documents};
 use teal_platform::{GroupKey, LocalPlatform};
-use teal_proxy::Proxy;
+use teal_proxy::{Backend, Proxy, RouteTable};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 
 use crate::store::Store;
 use listeners::Listeners;
+pub use listeners::{Handed, HandoffSocket};
 
 /// What a call to the daemon can fail with; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +52,34 @@ pub enum DaemonError {
     /// The rollout's state does not allow this now; nothing changed (409).
     #[error("{0}")]
     Refused(String),
+    /// This daemon handed over to a new one; nothing changed, the same call to the
+    /// same address reaches the new one (503 with `Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
     /// Something broke inside teal (500).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// What the daemon this one takes over from hands over for one rollout.
+pub struct Inherited {
+    /// Its listening sockets.
+    pub sockets: Handed,
+    /// The backends its proxy routed to, (active, preview). The new proxy starts with
+    /// them, so the first request it accepts goes where the old daemon sent requests.
+    pub routes: (Option<Backend>, Option<Backend>),
+}
+
+/// What this daemon hands over for one rollout.
+pub struct Handover {
+    /// The rollout.
+    pub name: String,
+    /// Its active listener.
+    pub active: Option<HandoffSocket>,
+    /// Its preview listener.
+    pub preview: Option<HandoffSocket>,
+    /// Where its proxy routes now.
+    pub routes: Arc<RouteTable>,
 }
 
 /// The running parts of one rollout.
@@ -76,6 +107,20 @@ pub struct Daemon {
     runtimes: Mutex<BTreeMap<String, Arc<Runtime>>>,
     /// Bumped whenever a rollout's status changes (for watchers).
     changes: watch::Sender<u64>,
+    /// Held (read) by every reconcile pass, from observing to the last effect; a
+    /// takeover holds it (write) so that no pass is half done when it hands over.
+    passes: tokio::sync::RwLock<()>,
+    /// The pid of the daemon this one handed over to.
+    successor: watch::Sender<Option<u32>>,
+}
+
+/// The daemon with every writer stopped, for a takeover: no command is decided, no
+/// reconcile pass runs, no analysis runs, and the platform supervises nothing (every
+/// instance runs on untouched). Listeners keep accepting and proxies keep routing.
+pub struct Quiesced<'a> {
+    daemon: &'a Daemon,
+    passes: tokio::sync::RwLockWriteGuard<'a, ()>,
+    decisions: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// Milliseconds since the epoch: the only clock the daemon reads.
@@ -87,17 +132,29 @@ pub fn now_ms() -> u64 {
 }
 
 impl Daemon {
-    /// Starts the reconcilers and listeners of every stored rollout.
-    pub async fn start(store: Store, platform: Arc<LocalPlatform>) -> anyhow::Result<Arc<Daemon>> {
+    /// Starts the reconcilers and listeners of every stored rollout. A rollout in
+    /// `inherited` (a takeover) serves the sockets it was handed and starts with the
+    /// routes of the daemon it replaces; the others bind their addresses.
+    pub async fn start(
+        store: Store,
+        platform: Arc<LocalPlatform>,
+        mut inherited: BTreeMap<String, Inherited>,
+    ) -> anyhow::Result<Arc<Daemon>> {
         let daemon = Arc::new(Daemon {
             store,
             platform,
             decisions: tokio::sync::Mutex::new(()),
             runtimes: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
+            passes: tokio::sync::RwLock::new(()),
+            successor: watch::channel(None).0,
         });
         for (name, stored) in daemon.store.rollouts()? {
-            let listeners = match Listeners::bind(&stored.spec, None).await {
+            let (sockets, routes) = match inherited.remove(&name) {
+                Some(inherited) => (inherited.sockets, Some(inherited.routes)),
+                None => (Handed::default(), None),
+            };
+            let listeners = match Listeners::take_over(&stored.spec, None, sockets).await {
                 Ok(listeners) => listeners,
                 Err(error) => {
                     tracing::warn!(
@@ -106,7 +163,12 @@ impl Daemon {
                     listeners::Pending::nothing()
                 }
             };
-            daemon.install(&name, listeners);
+            let routes = routes.map(|(active, preview)| RouteTable {
+                active,
+                preview,
+                preview_match: stored.spec.strategy.preview_match.clone(),
+            });
+            daemon.install(&name, listeners, routes);
         }
         tokio::spawn(sample_traffic(Arc::downgrade(&daemon)));
         Ok(daemon)
@@ -170,15 +232,31 @@ impl Daemon {
             .cloned()
     }
 
-    /// Creates the runtime of a rollout and starts its reconciler and listeners.
-    fn install(self: &Arc<Self>, name: &str, listeners: listeners::Pending) {
+    /// Creates the runtime of a rollout and starts its reconciler and listeners; the
+    /// proxy starts with `routes` when given (a takeover), else routes nothing until
+    /// the first reconcile pass.
+    fn install(
+        self: &Arc<Self>,
+        name: &str,
+        listeners: listeners::Pending,
+        routes: Option<RouteTable>,
+    ) {
         let proxy = Proxy::new(name);
+        let colors = routes.as_ref().map_or((None, None), |table| {
+            (
+                table.active.as_ref().map(|b| b.color),
+                table.preview.as_ref().map(|b| b.color),
+            )
+        });
+        if let Some(table) = routes {
+            proxy.set_routes(table);
+        }
         let (stop, stopped) = watch::channel(false);
         let runtime = Arc::new(Runtime {
             proxy: proxy.clone(),
             wake: Notify::new(),
             listeners: Mutex::new(Listeners::none()),
-            routes: Mutex::new((None, None)),
+            routes: Mutex::new(colors),
             stop,
             traffic: Mutex::new(traffic::TrafficLog::new(now_ms())),
             analysis: Mutex::new(analysis::Tasks::default()),
@@ -225,7 +303,7 @@ impl Daemon {
             details: errors.0.iter().map(ToString::to_string).collect(),
         })?;
         self.check_analysis_templates(&request.file, &documents)?;
-        let _decision = self.decisions.lock().await;
+        let _decision = self.decision().await?;
         let before: Vec<(RolloutSpec, teal_core::rollout::Status)> = documents
             .iter()
             .filter_map(|document| match document {
@@ -294,7 +372,7 @@ impl Daemon {
                     &runtime.proxy,
                     &mut runtime.listeners.lock().expect("listeners lock"),
                 ),
-                None => self.install(&name, listeners),
+                None => self.install(&name, listeners, None),
             }
             self.wake(&name);
         }
@@ -359,7 +437,7 @@ impl Daemon {
         event: Event,
     ) -> Result<CommandResponse, DaemonError> {
         let notes = {
-            let _decision = self.decisions.lock().await;
+            let _decision = self.decision().await?;
             let stored = self.stored(name)?;
             let policy = Policy::from(&stored.spec);
             let now = now_ms();
@@ -383,6 +461,22 @@ impl Daemon {
             notes,
             rollout: self.get(name)?,
         })
+    }
+
+    /// Waits for the turn to decide; refused once this daemon handed over (its
+    /// successor decides from then on).
+    async fn decision(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, DaemonError> {
+        let mut successor = self.successor.subscribe();
+        tokio::select! {
+            biased;
+            guard = self.decisions.lock() => Ok(guard),
+            pid = successor.wait_for(Option::is_some) => {
+                let pid = pid.ok().and_then(|pid| *pid).unwrap_or_default();
+                Err(DaemonError::Unavailable(format!(
+                    "this teal daemon handed over to a new one (pid {pid}); nothing was changed: send the same call again"
+                )))
+            }
+        }
     }
 
     fn stored(&self, name: &str) -> Result<crate::store::StoredRollout, DaemonError> {
@@ -426,7 +520,7 @@ impl Daemon {
         request: UndoRequest,
     ) -> Result<CommandResponse, DaemonError> {
         let notes = {
-            let _decision = self.decisions.lock().await;
+            let _decision = self.decision().await?;
             let stored = self.stored(name)?;
             let Some(stable) = stored.status.stable.clone() else {
                 return Err(DaemonError::Refused(format!(
@@ -504,7 +598,7 @@ impl Daemon {
 
     /// Stops a rollout's listeners and instances and forgets it (its history stays).
     pub async fn delete(&self, name: &str) -> Result<Vec<String>, DaemonError> {
-        let _decision = self.decisions.lock().await;
+        let _decision = self.decision().await?;
         self.stored(name)?;
         let notes = vec![format!("rollout {name} deleted")];
         let now = now_ms();
@@ -571,6 +665,85 @@ impl Daemon {
         self.platform.shutdown_all().await;
     }
 
+    /// Stops every writer for a takeover (see [`Quiesced`]): waits for the reconcile
+    /// passes and the command under way to finish, stops the analysis tasks (their
+    /// runs are stored and resume in whichever daemon reconciles next), then the
+    /// platform's supervision.
+    pub async fn quiesce(&self) -> Quiesced<'_> {
+        let passes = self.passes.write().await;
+        let decisions = self.decisions.lock().await;
+        let runtimes: Vec<_> = self
+            .runtimes
+            .lock()
+            .expect("runtimes lock")
+            .values()
+            .cloned()
+            .collect();
+        for runtime in runtimes {
+            let tasks = std::mem::take(&mut *runtime.analysis.lock().expect("analysis lock"));
+            tasks.halt().await;
+        }
+        self.platform.suspend().await;
+        Quiesced {
+            daemon: self,
+            passes,
+            decisions,
+        }
+    }
+
+    /// Duplicates of every rollout's listening sockets, and its routes, for a takeover.
+    pub fn handover(&self) -> Vec<Handover> {
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .iter()
+            .map(|(name, runtime)| {
+                let (active, preview) = runtime
+                    .listeners
+                    .lock()
+                    .expect("listeners lock")
+                    .handoff_sockets();
+                Handover {
+                    name: name.clone(),
+                    active,
+                    preview,
+                    routes: runtime.proxy.routes(),
+                }
+            })
+            .collect()
+    }
+
+    /// The pid of the daemon this one handed over to, once it has.
+    pub fn successor(&self) -> Option<u32> {
+        *self.successor.borrow()
+    }
+
+    /// Resolves with the successor's pid once this daemon handed over.
+    pub async fn handed_over(&self) -> u32 {
+        let mut successor = self.successor.subscribe();
+        let pid = successor
+            .wait_for(Option::is_some)
+            .await
+            .map(|pid| pid.unwrap_or_default());
+        match pid {
+            Ok(pid) => pid,
+            // The sender lives as long as the daemon.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting on every rollout's listeners (a successor accepts on the same
+    /// sockets); returns their accept loops, which end once the requests in flight
+    /// are answered (bounded by `teal_proxy::SHUTDOWN_GRACE`).
+    pub fn close_listeners(&self) -> Vec<JoinHandle<()>> {
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .values()
+            .flat_map(|runtime| runtime.listeners.lock().expect("listeners lock").close())
+            .collect()
+    }
+
     /// The bound addresses of every rollout: (name, active, preview).
     pub fn bound_addresses(
         &self,
@@ -592,6 +765,29 @@ impl Daemon {
                 )
             })
             .collect()
+    }
+}
+
+impl Quiesced<'_> {
+    /// The takeover failed: supervise, reconcile and decide again.
+    pub async fn resume(self) {
+        if let Err(error) = self.daemon.platform.resume() {
+            tracing::error!("cannot supervise the instances again: {error}");
+        }
+        for runtime in self.daemon.runtimes.lock().expect("runtimes lock").values() {
+            runtime.wake.notify_one();
+        }
+        drop(self.decisions);
+        drop(self.passes);
+    }
+
+    /// The takeover succeeded: this daemon never decides, reconciles or supervises
+    /// again (commands are answered 503), and says whom it handed over to.
+    pub fn hand_over(self, successor: u32) {
+        let daemon = self.daemon;
+        std::mem::forget(self.decisions);
+        std::mem::forget(self.passes);
+        daemon.successor.send_replace(Some(successor));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dashboard;
 pub mod demo;
 pub mod demo_app;
+pub mod handoff;
 pub mod http_client;
 pub mod metrics;
 pub mod providers;

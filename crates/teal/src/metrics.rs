@@ -82,6 +82,16 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
         "502/503/504 answers teal made itself.",
     );
     let mut in_flight = Family::new("teal_proxy_in_flight", "gauge", "Requests being served.");
+    let mut upgraded = Family::new(
+        "teal_proxy_upgraded_connections",
+        "gauge",
+        "Upgraded connections (WebSocket) open.",
+    );
+    let mut bytes = Family::new(
+        "teal_proxy_bytes_total",
+        "counter",
+        "Body bytes from clients (in) and to clients (out), upgraded connections included.",
+    );
     let mut latency = Family::new(
         "teal_proxy_response_seconds",
         "histogram",
@@ -162,6 +172,9 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
             }
             errors.sample("", &labels, stat.proxy_errors);
             in_flight.sample("", &labels, stat.in_flight);
+            upgraded.sample("", &labels, stat.upgraded);
+            bytes.sample("", &format!("{labels},direction=\"in\""), stat.bytes_in);
+            bytes.sample("", &format!("{labels},direction=\"out\""), stat.bytes_out);
             let mut cumulative = 0;
             for (index, count) in stat.latency_buckets.iter().enumerate() {
                 cumulative += count;
@@ -188,6 +201,8 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
         responses,
         errors,
         in_flight,
+        upgraded,
+        bytes,
         latency,
         analysis_phase,
         analysis_measurements,

@@ -1,8 +1,14 @@
 //! `teal server`: the daemon's HTTP API on loopback, the store and the reconcilers.
+//!
+//! A `teal server` started on the data directory of a running one takes over from it
+//! (see [`crate::handoff`]): it serves the same listening sockets, adopts the
+//! instances, and the old one finishes its requests and exits. Nothing is refused.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +31,7 @@ use teal_platform::LocalPlatform;
 use tokio::net::TcpListener;
 
 use crate::daemon::{Daemon, DaemonError};
+use crate::handoff::{ApiSocket, Handoffs};
 use crate::store::Store;
 
 /// The file in the data dir that holds the API token.
@@ -49,7 +56,17 @@ struct AppState {
     token: Arc<str>,
 }
 
-/// Runs the daemon until `shutdown` resolves, then stops every instance.
+/// How long an API connection may stay open before its first request begins.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the API's open connections (event streams, followed logs) may run on after
+/// the daemon stops or hands over.
+const API_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` resolves, then stops every instance; or, when a
+/// new `teal server` takes over, until the requests in flight are answered, leaving
+/// the instances to it. Takes over from a daemon already running on the data
+/// directory.
 pub async fn run(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -59,21 +76,68 @@ pub async fn run(
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let token = load_or_create_token(data_dir)?;
     let store = Store::open(data_dir)?;
+    // Before the platform adopts the instances: the old daemon stops supervising them
+    // before it hands over.
+    let mut takeover = crate::handoff::take_over(data_dir)
+        .await
+        .context("cannot take over from the daemon running on this data directory")?;
     let platform = LocalPlatform::open(data_dir.join("run")).with_context(|| {
         format!(
             "cannot open the instance directory {}",
             data_dir.join("run").display()
         )
     })?;
-    let daemon = Daemon::start(store, platform).await?;
+    let inherited = match &mut takeover {
+        Some(takeover) => {
+            takeover.wait_warm(&platform).await;
+            takeover.rollouts()
+        }
+        None => BTreeMap::new(),
+    };
+    let daemon = Daemon::start(store, platform, inherited).await?;
 
-    let listener = TcpListener::bind(options.api)
-        .await
-        .with_context(|| format!("cannot listen on {} for the API", options.api))?;
+    let listener = match takeover.as_mut().and_then(|t| t.api(options.api)) {
+        Some(listener) => listener,
+        None => TcpListener::bind(options.api)
+            .await
+            .with_context(|| format!("cannot listen on {} for the API", options.api))?,
+    };
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!("the API listens on {bound}, which is not loopback; keep the token secret");
     }
+    let api_socket = match listener.as_fd().try_clone_to_owned() {
+        Ok(socket) => Some(ApiSocket {
+            configured: options.api,
+            bound,
+            socket,
+        }),
+        Err(error) => {
+            tracing::warn!(
+                "cannot duplicate the API socket ({error}); a daemon that takes over binds it anew"
+            );
+            None
+        }
+    };
+    let app = router(AppState {
+        daemon: daemon.clone(),
+        token: token.into(),
+    });
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut api = tokio::spawn(serve_api(listener, app, api_stopped));
+    if let Some(takeover) = takeover {
+        takeover.finish().await?;
+    }
+    let handoffs = match Handoffs::listen(data_dir, daemon.clone(), api_socket) {
+        Ok(handoffs) => Some(handoffs),
+        Err(error) => {
+            tracing::warn!(
+                "{error:#}; a new teal server on this data directory cannot take over from this one"
+            );
+            None
+        }
+    };
+    // Last: the address file tells the CLI (and tests) that everything is up.
     std::fs::write(data_dir.join(ADDRESS_FILE), bound.to_string())
         .with_context(|| format!("cannot write {}", data_dir.join(ADDRESS_FILE).display()))?;
     println!(
@@ -85,17 +149,116 @@ pub async fn run(
     }
     let _ = std::io::stdout().flush();
 
-    let app = router(AppState {
-        daemon: daemon.clone(),
-        token: token.into(),
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the API server failed")?;
+    tokio::pin!(shutdown);
+    let api_failed = tokio::select! {
+        () = &mut shutdown => None,
+        _ = daemon.handed_over() => None,
+        result = &mut api => Some(result),
+    };
+    // A takeover under way when the signal came decides whether instances stop.
+    let successor = match handoffs {
+        Some(handoffs) => handoffs.close().await,
+        None => None,
+    };
+    let _ = stop_api.send(());
+    if let Some(successor) = successor {
+        println!(
+            "teal: handed over to pid {successor}; answering the requests in flight (the instances keep running)"
+        );
+        let listeners = daemon.close_listeners();
+        let drained = tokio::time::timeout(teal_proxy::SHUTDOWN_GRACE + API_DRAIN, async {
+            for listener in listeners {
+                let _ = listener.await;
+            }
+            if api_failed.is_none() {
+                let _ = (&mut api).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after the drain; closing them");
+        }
+        println!("teal: handed over to pid {successor}; exiting");
+        return Ok(());
+    }
+    match api_failed {
+        Some(result) => {
+            let result = result.context("the API server panicked")?;
+            result.context("the API server failed")?;
+        }
+        None => {
+            if tokio::time::timeout(API_DRAIN, &mut api).await.is_err() {
+                tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");
+            }
+        }
+    }
     println!("teal: stopping every instance");
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Serves the API until `stop`, then stops accepting and lets every connection
+/// finish: a keep-alive connection is closed once idle, and one accepted but not yet
+/// read from is answered first (a successor daemon accepts on the same socket, so a
+/// connection that raced the stop must not go unanswered; `axum::serve` drops it).
+async fn serve_api(
+    listener: TcpListener,
+    app: Router,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_api_connection(stream, app.clone(), closed.clone()));
+                }
+                Err(error) => {
+                    tracing::debug!("the API could not accept a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_api_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    // Hyper closes a connection it has read nothing from when told to shut down; a
+    // client that connected just before the stop is about to send, and must be
+    // answered. So hyper gets the connection once its first bytes are there (`peek`:
+    // `readable` may report a socket readable that is not), and reads them before it
+    // can hear of the stop (`biased`).
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        biased;
+        result = connection.as_mut() => result,
+        _ = async { closing.wait_for(|closing| *closing).await.map(drop) } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!("an API connection ended: {error}");
+    }
 }
 
 /// `rollout shop: active http://..., preview http://...`
@@ -213,6 +376,13 @@ impl IntoResponse for DaemonError {
                 error(StatusCode::BAD_REQUEST, message, details)
             }
             DaemonError::Refused(message) => error(StatusCode::CONFLICT, message, Vec::new()),
+            DaemonError::Unavailable(message) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message, Vec::new());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                response
+            }
             DaemonError::Internal(cause) => {
                 tracing::error!("internal error: {cause:#}");
                 error(

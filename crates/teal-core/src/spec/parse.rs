@@ -14,11 +14,11 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{
     self, Chunk, RawAnalysisTemplate, RawBlueGreen, RawHeader, RawNameValue, RawProbe, RawProcess,
-    RawRollout, RawTypedAnalysisTemplate, Shape, Stage1Error,
+    RawRollout, RawTls, RawTypedAnalysisTemplate, Shape, Stage1Error,
 };
 use super::{
     API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
-    ProbeAction, Process, RolloutSpec, Template,
+    ProbeAction, Process, RolloutSpec, Template, TlsFiles,
 };
 
 /// The `apiVersion` of Argo Rollouts manifests, accepted so they load unchanged.
@@ -78,10 +78,10 @@ impl fmt::Display for SpecErrors {
 /// Parses every document of a spec file.
 ///
 /// `file` names the file in errors; `base_dir` is the file's directory, used for a
-/// relative (or missing) `workingDir`, which is therefore absolute whenever `base_dir`
-/// is (this crate does no I/O, so it cannot make it so). Returns all errors at once,
-/// sorted by line and column. A
-/// file without documents (empty, or only comments) gives an empty list.
+/// relative (or missing) `workingDir` and relative TLS files, which are therefore
+/// absolute whenever `base_dir` is (this crate does no I/O, so it cannot make it so).
+/// Returns all errors at once, sorted by line and column. A file without documents
+/// (empty, or only comments) gives an empty list.
 pub fn parse_documents(
     file: &str,
     text: &str,
@@ -311,7 +311,7 @@ fn validate_rollout(
         0,
         errors,
     );
-    let strategy = validate_blue_green(&spec.strategy.blue_green, replicas, errors);
+    let strategy = validate_blue_green(&spec.strategy.blue_green, replicas, base_dir, errors);
     if errors.count() > before {
         return None;
     }
@@ -480,7 +480,7 @@ fn validate_process(raw: &RawProcess, base_dir: &Path, errors: &mut Errors<'_>) 
                     "expected a directory, found an empty string".to_owned(),
                 );
             }
-            resolve_dir(base_dir, Path::new(&dir.value))
+            resolve_path(base_dir, Path::new(&dir.value))
         }
     };
 
@@ -492,10 +492,10 @@ fn validate_process(raw: &RawProcess, base_dir: &Path, errors: &mut Errors<'_>) 
     }
 }
 
-/// `dir` taken from `base_dir` when relative; `.` components dropped so the result
+/// `path` taken from `base_dir` when relative; `.` components dropped so the result
 /// reads naturally (`..` is kept: removing it would be wrong across symlinks).
-fn resolve_dir(base_dir: &Path, dir: &Path) -> PathBuf {
-    let joined = base_dir.join(dir);
+fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
+    let joined = base_dir.join(path);
     let mut clean = PathBuf::new();
     for component in joined.components() {
         if component != Component::CurDir {
@@ -592,6 +592,7 @@ fn validate_probe(raw: &Spanned<RawProbe>, path: &str, errors: &mut Errors<'_>) 
 fn validate_blue_green(
     spanned: &Spanned<RawBlueGreen>,
     replicas: u32,
+    base_dir: &Path,
     errors: &mut Errors<'_>,
 ) -> Option<BlueGreen> {
     let raw = &spanned.value;
@@ -631,6 +632,17 @@ fn validate_blue_green(
             preview
         }
     };
+
+    let active_tls = raw
+        .active_service
+        .as_ref()
+        .and_then(|service| service.tls.as_ref())
+        .and_then(|tls| validate_tls(tls, &format!("{path}.activeService.tls"), base_dir, errors));
+    let preview_tls = raw
+        .preview_service
+        .as_ref()
+        .and_then(|service| service.tls.as_ref())
+        .and_then(|tls| validate_tls(tls, &format!("{path}.previewService.tls"), base_dir, errors));
 
     let preview_match = match &raw.preview_match {
         None => PreviewMatch::default(),
@@ -720,6 +732,8 @@ fn validate_blue_green(
     Some(BlueGreen {
         active_listen: active?,
         preview_listen: preview,
+        active_tls,
+        preview_tls,
         preview_match,
         auto_promotion_enabled,
         auto_promotion_delay,
@@ -762,6 +776,42 @@ fn listen_address(
         );
     }
     parsed
+}
+
+/// A service's `tls`: both files are required; relative paths are taken from
+/// `base_dir`. Whether they hold a usable certificate and key is checked when the
+/// listener is set up (this crate reads no files).
+fn validate_tls(
+    raw: &Spanned<RawTls>,
+    path: &str,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+) -> Option<TlsFiles> {
+    let mut file = |field: &Option<Spanned<String>>, name: &str, what: &str| match field {
+        None => {
+            errors.at(
+                &raw.referenced,
+                &format!("{path}.{name}"),
+                format!("missing required field \"{name}\", expected the path of the PEM {what}"),
+            );
+            None
+        }
+        Some(found) if found.value.trim().is_empty() => {
+            errors.at(
+                &found.referenced,
+                &format!("{path}.{name}"),
+                format!("expected the path of the PEM {what}, found an empty string"),
+            );
+            None
+        }
+        Some(found) => Some(resolve_path(base_dir, Path::new(&found.value))),
+    };
+    let cert_file = file(&raw.value.cert_file, "certFile", "certificate chain");
+    let key_file = file(&raw.value.key_file, "keyFile", "private key");
+    Some(TlsFiles {
+        cert_file: cert_file?,
+        key_file: key_file?,
+    })
 }
 
 /// Whether two listeners would fight over one port: the same address, or the same

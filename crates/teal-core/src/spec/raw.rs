@@ -326,6 +326,18 @@ pub(super) struct RawNotification {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub listen: Spanned<String>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `tls` of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTls {
+    /// Required; optional here so stage two reports a missing one with the other
+    /// problems.
+    pub cert_file: Option<Spanned<String>>,
+    /// Required, as `cert_file`.
+    pub key_file: Option<Spanned<String>>,
 }
 
 /// `previewMatch`.

@@ -54,6 +54,26 @@ pub(super) struct Tasks {
     gate: Option<((Revision, Millis), JoinHandle<()>)>,
 }
 
+impl Tasks {
+    /// Stops every task now (a takeover). A measurement under way is lost; the run as
+    /// stored resumes in whichever daemon reconciles next. Returns once none runs.
+    pub(super) async fn halt(mut self) {
+        let handles: Vec<JoinHandle<()>> = self
+            .run
+            .take()
+            .map(|(_, _, handle)| handle)
+            .into_iter()
+            .chain(self.gate.take().map(|(_, handle)| handle))
+            .collect();
+        for handle in &handles {
+            handle.abort();
+        }
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
+
 impl Drop for Tasks {
     fn drop(&mut self) {
         if let Some((_, _, handle)) = self.run.take() {

@@ -1,16 +1,20 @@
 //! A rollout's active and preview listeners.
 //!
 //! Binding is separate from serving so an apply can bind every new address first and
-//! be rejected, with nothing changed, when one is taken.
+//! be rejected, with nothing changed, when one is taken. A daemon that takes over from
+//! a running one serves the sockets it was handed instead of binding (see
+//! `crate::handoff`), and keeps a duplicate of every socket it serves to hand on.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use anyhow::Context;
-use teal_core::spec::RolloutSpec;
-use teal_proxy::{Proxy, Role};
+use teal_core::spec::{RolloutSpec, TlsFiles};
+use teal_proxy::{Proxy, Role, Tls, TlsSetting};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The configured addresses a rollout listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +35,34 @@ impl Addresses {
 struct Served {
     configured: SocketAddr,
     bound: SocketAddr,
+    /// Changed in place when a spec keeps the address but not the certificate.
+    tls: TlsSetting,
+    /// A duplicate of the listening socket, for a daemon that takes over (None if it
+    /// could not be duplicated: that successor binds the address itself).
+    socket: Option<OwnedFd>,
+    /// The accept loop; it ends once its connections are done after the stop.
+    task: JoinHandle<()>,
     _stop: oneshot::Sender<()>,
+}
+
+/// The sockets a previous daemon served for one rollout, each with the address it was
+/// configured for.
+#[derive(Default)]
+pub struct Handed {
+    /// The active route's socket.
+    pub active: Option<(SocketAddr, TcpListener)>,
+    /// The preview route's socket.
+    pub preview: Option<(SocketAddr, TcpListener)>,
+}
+
+/// A served socket, duplicated for a daemon that takes over.
+pub struct HandoffSocket {
+    /// The address the spec asks for (port 0 included).
+    pub configured: SocketAddr,
+    /// Where it is bound.
+    pub bound: SocketAddr,
+    /// The listening socket itself.
+    pub socket: OwnedFd,
 }
 
 /// The listeners a rollout serves now.
@@ -45,8 +76,11 @@ pub struct Listeners {
 enum Plan {
     /// Keep the one already serving the same configured address.
     Keep,
-    /// Serve this newly bound socket instead.
-    Serve(SocketAddr, TcpListener),
+    /// Keep the socket serving the same configured address; new connections get this
+    /// TLS (None: plain).
+    Update(Option<Tls>),
+    /// Serve this newly bound socket instead, with this TLS.
+    Serve(SocketAddr, TcpListener, Option<Tls>),
     /// Stop listening.
     Close,
 }
@@ -83,38 +117,90 @@ impl Listeners {
 
     /// Binds what `spec` needs that `current` does not already serve.
     pub async fn bind(spec: &RolloutSpec, current: Option<&Addresses>) -> anyhow::Result<Pending> {
+        Self::take_over(spec, current, Handed::default()).await
+    }
+
+    /// Like [`bind`](Self::bind), but serves a `handed` socket instead of binding when
+    /// it was configured for the address the spec asks for.
+    pub async fn take_over(
+        spec: &RolloutSpec,
+        current: Option<&Addresses>,
+        handed: Handed,
+    ) -> anyhow::Result<Pending> {
         let strategy = &spec.strategy;
         let active = plan(
             Some(strategy.active_listen),
             current.and_then(|c| c.active),
+            handed.active,
+            strategy.active_tls.as_ref(),
             "active",
         )
         .await?;
         let preview = plan(
             strategy.preview_listen,
             current.and_then(|c| c.preview),
+            handed.preview,
+            strategy.preview_tls.as_ref(),
             "preview",
         )
         .await?;
         Ok(Pending { active, preview })
+    }
+
+    /// Duplicates of the served sockets, (active, preview), for a daemon that takes over.
+    pub fn handoff_sockets(&self) -> (Option<HandoffSocket>, Option<HandoffSocket>) {
+        let duplicate = |served: &Option<Served>| {
+            let served = served.as_ref()?;
+            let socket = served.socket.as_ref()?.try_clone().ok()?;
+            Some(HandoffSocket {
+                configured: served.configured,
+                bound: served.bound,
+                socket,
+            })
+        };
+        (duplicate(&self.active), duplicate(&self.preview))
+    }
+
+    /// Stops accepting (the socket stays open wherever else it is held, as in a
+    /// successor daemon); returns the accept loops, which end once the connections
+    /// they serve are done (bounded by `teal_proxy::SHUTDOWN_GRACE`).
+    pub fn close(&mut self) -> Vec<JoinHandle<()>> {
+        [self.active.take(), self.preview.take()]
+            .into_iter()
+            .flatten()
+            .map(|served| served.task)
+            .collect()
     }
 }
 
 async fn plan(
     wanted: Option<SocketAddr>,
     current: Option<SocketAddr>,
+    handed: Option<(SocketAddr, TcpListener)>,
+    tls: Option<&TlsFiles>,
     role: &str,
 ) -> anyhow::Result<Plan> {
-    match wanted {
-        None => Ok(Plan::Close),
-        Some(wanted) if Some(wanted) == current => Ok(Plan::Keep),
-        Some(wanted) => {
-            let listener = TcpListener::bind(wanted)
-                .await
-                .with_context(|| format!("cannot listen on {wanted} for the {role} route"))?;
-            Ok(Plan::Serve(wanted, listener))
-        }
+    let Some(wanted) = wanted else {
+        return Ok(Plan::Close);
+    };
+    // Loaded on every apply, so files that do not hold a usable certificate and key
+    // refuse the apply before anything changes.
+    let tls = tls
+        .map(|files| Tls::load(&files.cert_file, &files.key_file))
+        .transpose()
+        .with_context(|| format!("cannot serve HTTPS on {wanted} for the {role} route"))?;
+    if Some(wanted) == current {
+        return Ok(Plan::Update(tls));
     }
+    if let Some((configured, listener)) = handed
+        && configured == wanted
+    {
+        return Ok(Plan::Serve(wanted, listener, tls));
+    }
+    let listener = TcpListener::bind(wanted)
+        .await
+        .with_context(|| format!("cannot listen on {wanted} for the {role} route"))?;
+    Ok(Plan::Serve(wanted, listener, tls))
 }
 
 impl Pending {
@@ -128,22 +214,43 @@ impl Pending {
 fn apply(plan: Plan, slot: &mut Option<Served>, proxy: &Arc<Proxy>, role: Role) {
     match plan {
         Plan::Keep => {}
+        Plan::Update(tls) => {
+            if let Some(served) = slot {
+                served.tls.set(tls);
+            }
+        }
         Plan::Close => *slot = None,
-        Plan::Serve(configured, listener) => {
+        Plan::Serve(configured, listener, tls) => {
             let bound = listener.local_addr().unwrap_or(configured);
             let (stop, stopped) = oneshot::channel::<()>();
             let shutdown = async move {
                 let _ = stopped.await;
             };
             let proxy = proxy.clone();
-            tokio::spawn(async move {
-                if let Err(error) = teal_proxy::serve(listener, proxy, role, shutdown).await {
+            let tls = TlsSetting::new(tls);
+            let setting = tls.clone();
+            let socket = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        "cannot duplicate the {role:?} listener on {bound} ({error}); a daemon that takes over binds it anew"
+                    );
+                })
+                .ok();
+            let task = tokio::spawn(async move {
+                if let Err(error) =
+                    teal_proxy::serve_tls(listener, proxy, role, setting, shutdown).await
+                {
                     tracing::error!("{role:?} listener on {bound} failed: {error}");
                 }
             });
             *slot = Some(Served {
                 configured,
                 bound,
+                tls,
+                socket,
+                task,
                 _stop: stop,
             });
         }

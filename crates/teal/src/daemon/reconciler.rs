@@ -27,7 +27,12 @@ pub(super) async fn run(
 ) {
     let mut platform_changes = daemon.platform.changed();
     loop {
-        let wait = match pass(&daemon, &name, &runtime).await {
+        let outcome = {
+            // A takeover waits for the pass under way and keeps new ones from starting.
+            let _pass = daemon.passes.read().await;
+            pass(&daemon, &name, &runtime).await
+        };
+        let wait = match outcome {
             Ok(Some(wake_at)) => {
                 Duration::from_millis(wake_at.saturating_sub(now_ms())).min(RESYNC)
             }

@@ -703,3 +703,40 @@ spec:
     );
     assert!(aborted.message.contains("bad_data"), "{}", aborted.message);
 }
+
+#[test]
+fn a_run_interrupted_by_kill_9_resumes_with_its_measurements() {
+    let mut sandbox = Sandbox::start();
+    let mut spec = DemoSpec::new("resume", "v1");
+    spec.replicas = 1;
+    spec.documents = builtin_template("success", "success-rate", "result >= 0.95", 6);
+    spec.strategy_extra = "      prePromotionAnalysis:\n        templates: [{templateName: success}]\n      loadTest: {requestsPerSecond: 20, concurrency: 2}\n".to_owned();
+    live_on_blue(&sandbox, &spec);
+    spec.version = "v2";
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let measured = sandbox.wait_for("resume", "two measurements", |r| {
+        r.analysis
+            .as_ref()
+            .is_some_and(|a| a.revision == 2 && a.metrics[0].count >= 2)
+    });
+    let run = measured.analysis.unwrap();
+    let before = run.metrics[0].count;
+
+    sandbox.kill_daemon();
+    sandbox.start_daemon();
+    let paused = sandbox.wait_for("resume", "v2 passes after the restart", |r| {
+        r.reason.as_deref() == Some("BlueGreenPause")
+    });
+    let resumed = paused.analysis.unwrap();
+    assert_eq!(resumed.id, run.id, "the same run, not a new one");
+    assert_eq!(resumed.phase, AnalysisPhase::Successful);
+    assert_eq!(resumed.metrics[0].count, 6);
+    assert!(
+        resumed.metrics[0].measurements[..before as usize]
+            .iter()
+            .zip(&run.metrics[0].measurements)
+            .all(|(a, b)| a.started_at_ms == b.started_at_ms),
+        "the measurements before the restart are kept"
+    );
+    assert_eq!(analysis_runs(&sandbox, "resume").runs.len(), 1);
+}

@@ -59,22 +59,35 @@ impl Sandbox {
 
     pub fn start_daemon(&mut self) {
         let _ = std::fs::remove_file(self.data_dir().join("api.addr"));
+        self.daemon = Some(self.spawn_daemon());
+        eventually(
+            Duration::from_secs(20),
+            "the daemon writes its API address",
+            || self.data_dir().join("api.addr").exists().then_some(()),
+        );
+    }
+
+    /// `teal server --api 127.0.0.1:0` on this data directory, logging to a file of
+    /// its own.
+    fn spawn_daemon(&self) -> Child {
         let log = std::fs::File::create(self.data_dir().join(format!("daemon-{}.log", now_ms())))
             .unwrap();
-        let child = Command::new(TEAL)
+        Command::new(TEAL)
             .args(["server", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
             .env("TEAL_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("the teal binary starts");
-        self.daemon = Some(child);
-        eventually(
-            Duration::from_secs(20),
-            "the daemon writes its API address",
-            || self.data_dir().join("api.addr").exists().then_some(()),
-        );
+            .expect("the teal binary starts")
+    }
+
+    /// Starts a second `teal server` on this data directory while the first runs, so
+    /// that it takes over; returns the first, which is expected to exit by itself.
+    pub fn start_successor(&mut self) -> Child {
+        let old = self.daemon.take().expect("a daemon runs");
+        self.daemon = Some(self.spawn_daemon());
+        old
     }
 
     /// kill -9: no shutdown code runs.

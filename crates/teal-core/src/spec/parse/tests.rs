@@ -9,7 +9,7 @@ use super::{SpecError, SpecErrors, parse_documents};
 use crate::analysis::{BuiltinMetric, Condition, Measure, Metric, Provider, Types};
 use crate::spec::{
     AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe, ProbeAction,
-    Process, RolloutSpec, Template,
+    Process, RolloutSpec, Template, TlsFiles,
 };
 
 mod analysis;
@@ -183,6 +183,8 @@ fn full_example_parses_to_the_expected_values() {
         strategy: BlueGreen {
             active_listen: addr("0.0.0.0:8080"),
             preview_listen: Some(addr("127.0.0.1:8081")),
+            active_tls: None,
+            preview_tls: None,
             preview_match: PreviewMatch {
                 cookie: Some(NameValue {
                     name: "test".to_owned(),
@@ -267,6 +269,8 @@ fn defaults_are_applied() {
         BlueGreen {
             active_listen: addr("127.0.0.1:8080"),
             preview_listen: None,
+            active_tls: None,
+            preview_tls: None,
             preview_match: PreviewMatch::default(),
             auto_promotion_enabled: true,
             auto_promotion_delay: Duration::ZERO,
@@ -749,6 +753,88 @@ fn relative_working_dir_is_resolved_against_the_base_dir() {
     let text = minimal_with(8, "      workingDir: /opt/shop");
     let process = rollout(&text).template.process;
     assert_eq!(process.working_dir, Some(PathBuf::from("/opt/shop")));
+}
+
+#[test]
+fn tls_files_are_read_and_resolved_against_the_base_dir() {
+    let text = MINIMAL.replace(
+        "      activeService: {listen: \"127.0.0.1:8080\"}",
+        "      activeService:\n        listen: \"127.0.0.1:8443\"\n        tls: {certFile: tls/cert.pem, keyFile: /etc/teal/key.pem}\n      previewService:\n        listen: \"127.0.0.1:8444\"\n        tls: {certFile: ./preview.pem, keyFile: ./preview.pem}",
+    );
+    let strategy = rollout(&text).strategy;
+    assert_eq!(
+        strategy.active_tls,
+        Some(TlsFiles {
+            cert_file: PathBuf::from("/srv/shop/tls/cert.pem"),
+            key_file: PathBuf::from("/etc/teal/key.pem"),
+        })
+    );
+    assert_eq!(
+        strategy.preview_tls,
+        Some(TlsFiles {
+            cert_file: PathBuf::from("/srv/shop/preview.pem"),
+            key_file: PathBuf::from("/srv/shop/preview.pem"),
+        })
+    );
+    // Without `tls`, both listeners are plain HTTP.
+    assert_eq!(rollout(MINIMAL).strategy.active_tls, None);
+    assert_eq!(rollout(MINIMAL).strategy.preview_tls, None);
+}
+
+#[test]
+fn tls_without_a_key_file_is_rejected_at_the_tls_mapping() {
+    let text = MINIMAL.replace(
+        "      activeService: {listen: \"127.0.0.1:8080\"}",
+        "      activeService:\n        listen: \"127.0.0.1:8443\"\n        tls: {certFile: cert.pem}",
+    );
+    assert_error(
+        &one_error(&text),
+        13,
+        14,
+        "spec.strategy.blueGreen.activeService.tls.keyFile",
+        "missing required field \"keyFile\", expected the path of the PEM private key",
+    );
+}
+
+#[test]
+fn tls_file_errors_are_all_reported() {
+    let text = MINIMAL.replace(
+        "      activeService: {listen: \"127.0.0.1:8080\"}",
+        "      activeService:\n        listen: \"127.0.0.1:8443\"\n        tls: {certFile: \"\", keyFile: key.pem}\n      previewService:\n        listen: \"127.0.0.1:8444\"\n        tls:\n          keyFile: key.pem",
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_error(
+        &all[0],
+        13,
+        25,
+        "spec.strategy.blueGreen.activeService.tls.certFile",
+        "expected the path of the PEM certificate chain, found an empty string",
+    );
+    assert_error(
+        &all[1],
+        17,
+        11,
+        "spec.strategy.blueGreen.previewService.tls.certFile",
+        "missing required field \"certFile\"",
+    );
+}
+
+#[test]
+fn unknown_field_in_tls_is_rejected() {
+    let text = MINIMAL.replace(
+        "      activeService: {listen: \"127.0.0.1:8080\"}",
+        "      activeService:\n        listen: \"127.0.0.1:8443\"\n        tls: {certFile: c.pem, keyFile: k.pem, caFile: ca.pem}",
+    );
+    let error = one_error(&text);
+    assert_eq!(
+        error.path, "spec.strategy.blueGreen.activeService.tls.caFile",
+        "{error:#?}"
+    );
+    assert!(
+        error.message.contains("expected one of: certFile, keyFile"),
+        "{error:#?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,260 @@
+//! Upstream connections, kept per instance, and each instance's passive health.
+//!
+//! A request takes an idle connection of its instance (or opens one), sends on it,
+//! and gives it back when the response body has ended: the connection's
+//! `SendRequest` travels with the response body, so giving it back costs one short
+//! lock and no task. Instances live in a registry keyed by address that only route
+//! table swaps and the reaper touch; a request reaches its instance through the
+//! route table, by index, with no lookup.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::body::RequestBody;
+use crate::options::POOL_IDLE_TIMEOUT;
+
+/// Idle connections kept per instance at most; more are closed when given back.
+const MAX_IDLE_PER_INSTANCE: usize = 256;
+
+/// How often the reaper closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// A connection to an instance, ready for one request.
+pub(crate) type Sender = SendRequest<RequestBody>;
+
+/// Why no connection could be opened.
+pub(crate) enum ConnectError {
+    /// The connect did not complete in time.
+    Timeout(Duration),
+    /// Refused, unreachable, or the HTTP handshake failed.
+    Failed(String),
+}
+
+/// One instance: its idle connections and its passive health.
+pub(crate) struct Instance {
+    pub(crate) addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    /// Consecutive failures since the last success.
+    failures: AtomicU32,
+    /// Milliseconds since the registry's start until which the instance is out of
+    /// rotation; 0 when it is in.
+    ejected_until: AtomicU64,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// What a failure did to the instance.
+pub(crate) enum Health {
+    /// Still in rotation.
+    Failing,
+    /// Just taken out, after this many consecutive failures.
+    Ejected(u32),
+}
+
+impl Instance {
+    fn new(addr: SocketAddr) -> Instance {
+        Instance {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        }
+    }
+
+    /// An idle connection, most recently used first. It may still be finishing its
+    /// previous exchange: wait for `ready()` before sending.
+    pub(crate) fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Gives a connection back once its exchange is over.
+    pub(crate) fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_INSTANCE {
+            idle.push(Idle { sender, since });
+        }
+    }
+
+    /// Opens a connection (with `TCP_NODELAY`) and starts serving it on its own task.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => return Err(ConnectError::Failed(io_error(&err))),
+            Err(_elapsed) => return Err(ConnectError::Timeout(timeout)),
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(instance = %self.addr, error = %err, "could not set TCP_NODELAY");
+        }
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| ConnectError::Failed(err.to_string()))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // Upgrades hand the socket to the tunnel; otherwise this ends when the
+            // connection closes (either side, or every SendRequest dropped).
+            if let Err(err) = connection.with_upgrades().await {
+                debug!(instance = %addr, error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// True while passive health keeps the instance out of rotation. The first call
+    /// after the cooldown puts it back (and says so once).
+    pub(crate) fn is_ejected(&self, registry: &Registry) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if registry.now_ms() < until {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(instance = %self.addr, "instance back in rotation after its cooldown");
+        }
+        false
+    }
+
+    /// Counts a success: the failure streak is over.
+    pub(crate) fn succeeded(&self) {
+        // Loads are cheaper than stores on a shared line; most requests succeed.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; the `threshold`-th in a row ejects the instance for
+    /// `cooldown` (a threshold of 0 never does).
+    pub(crate) fn failed(&self, registry: &Registry, threshold: u32, cooldown: Duration) -> Health {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold == 0 || failures < threshold {
+            return Health::Failing;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        // Never 0, which means "in rotation".
+        let until = registry.now_ms().saturating_add(cooldown_ms).max(1);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        Health::Ejected(failures)
+    }
+
+    /// Closes connections idle for longer than `max_idle`.
+    fn reap(&self, now: Instant, max_idle: Duration) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|conn| !conn.sender.is_closed() && now.duration_since(conn.since) < max_idle);
+        idle.len()
+    }
+}
+
+/// Every instance the proxy has routed to lately, by address.
+pub(crate) struct Registry {
+    instances: Mutex<HashMap<SocketAddr, Arc<Instance>>>,
+    started: Instant,
+    reaping: AtomicBool,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Arc<Registry> {
+        Arc::new(Registry {
+            instances: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            reaping: AtomicBool::new(false),
+        })
+    }
+
+    /// The instance at the address, created on first use. Kept across route swaps,
+    /// so a color that comes back finds its connections and its health as they were.
+    pub(crate) fn instance(&self, addr: SocketAddr) -> Arc<Instance> {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            instances
+                .entry(addr)
+                .or_insert_with(|| Arc::new(Instance::new(addr))),
+        )
+    }
+
+    /// Addresses passive health keeps out of rotation now.
+    pub(crate) fn ejected(&self) -> Vec<SocketAddr> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ejected: Vec<SocketAddr> = instances
+            .values()
+            .filter(|instance| instance.is_ejected(self))
+            .map(|instance| instance.addr)
+            .collect();
+        ejected.sort();
+        ejected
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts the reaper the first time a connection is opened (there is a runtime
+    /// then). It stops when the registry is gone.
+    pub(crate) fn start_reaper(self: &Arc<Self>) {
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let registry: Weak<Registry> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_EVERY).await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                registry.reap();
+            }
+        });
+    }
+
+    /// Closes idle connections past [`POOL_IDLE_TIMEOUT`] and forgets instances no
+    /// route table and no request holds any more, once they have nothing to keep.
+    fn reap(&self) {
+        let now = Instant::now();
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.retain(|_, instance| {
+            let idle = instance.reap(now, POOL_IDLE_TIMEOUT);
+            let referenced = Arc::strong_count(instance) > 1;
+            referenced || idle > 0 || instance.ejected_until.load(Ordering::Relaxed) != 0
+        });
+    }
+}
+
+/// The error and its causes on one line.
+fn io_error(err: &io::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,614 @@
+//! What clients speak to the proxy: HTTP/2 (h2c by prior knowledge, and over TLS by
+//! ALPN) beside HTTP/1.1, and TLS terminated with certificates rotated on disk. The
+//! backends only speak HTTP/1.1, as the apps teal runs do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{StatusCode, Version};
+use teal_core::Color;
+use teal_proxy::{Role, Tls, TlsError, TlsSetting};
+
+use support::*;
+
+#[tokio::test]
+async fn h2c_by_prior_knowledge_reaches_an_http1_backend() {
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+
+    let mut client = Client::h2c(addr).await;
+    let answer = client
+        .get("/hello?x=1", &[("cookie", "a=1"), ("cookie", "b=2")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.version, Version::HTTP_2);
+    assert_eq!(answer.body, "blue-1");
+    assert_eq!(answer.header("x-teal-color"), "blue");
+    // What the backend saw: HTTP/1.1, with the :authority as Host and the cookies in
+    // one header, as HTTP/1.1 wants them.
+    assert_eq!(answer.header("echo-version"), "HTTP/1.1");
+    assert_eq!(answer.header("echo-path"), "/hello?x=1");
+    assert_eq!(
+        answer.header("echo-host"),
+        format!("localhost:{}", addr.port())
+    );
+    assert_eq!(answer.header("echo-cookie"), "a=1; b=2");
+    assert_eq!(answer.header("echo-forwarded-proto"), "http");
+
+    // HTTP/1.1 still works on the same port.
+    let mut plain = Client::http1(addr).await;
+    let answer = plain.get("/", &[]).await;
+    assert_eq!(answer.version, Version::HTTP_11);
+    assert_eq!(answer.body, "blue-1");
+}
+
+#[tokio::test]
+async fn https_request_is_answered_through_the_proxy() {
+    let ca = Ca::new();
+    let files = CertFiles::new(&ca.issue("first"));
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, files.setting()).await;
+
+    let mut client = Client::tls(addr, &ca, &[b"http/1.1"]).await;
+    assert_eq!(client.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let answer = client.get("/", &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.version, Version::HTTP_11);
+    assert_eq!(answer.body, "blue-1");
+    assert_eq!(
+        answer.header("echo-host"),
+        format!("localhost:{}", addr.port())
+    );
+    assert_eq!(answer.header("echo-forwarded-proto"), "https");
+
+    // A client that offers no ALPN at all gets HTTP/1.1 too.
+    let mut client = Client::tls(addr, &ca, &[]).await;
+    assert_eq!(client.alpn, None);
+    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+}
+
+#[tokio::test]
+async fn h2_is_chosen_by_alpn_and_reaches_an_http1_backend() {
+    let ca = Ca::new();
+    let files = CertFiles::new(&ca.issue("first"));
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, files.setting()).await;
+
+    let mut client = Client::tls(addr, &ca, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(client.alpn.as_deref(), Some(&b"h2"[..]));
+    // Several requests on the one connection, all answered.
+    for _ in 0..3 {
+        let answer = client.get("/", &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.version, Version::HTTP_2);
+        assert_eq!(answer.body, "blue-1");
+        assert_eq!(answer.header("echo-version"), "HTTP/1.1");
+        assert_eq!(
+            answer.header("echo-host"),
+            format!("localhost:{}", addr.port())
+        );
+        assert_eq!(answer.header("echo-forwarded-proto"), "https");
+    }
+    assert_eq!(proxy.stats(Color::Blue).responses_2xx, 3);
+}
+
+#[tokio::test]
+async fn rotated_certificate_is_presented_to_new_connections_while_open_ones_go_on() {
+    let ca = Ca::new();
+    let first = ca.issue("first");
+    let second = ca.issue("second");
+    let files = CertFiles::new(&first);
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, files.setting()).await;
+
+    let mut old_h1 = Client::tls(addr, &ca, &[b"http/1.1"]).await;
+    let mut old_h2 = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(old_h1.peer_certificate, first.der);
+    assert_eq!(old_h1.get("/", &[]).await.body, "blue-1");
+    assert_eq!(old_h2.get("/", &[]).await.body, "blue-1");
+
+    files.install(&second);
+    let mut new = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(
+        new.peer_certificate, second.der,
+        "new handshakes get the new certificate"
+    );
+    assert_eq!(new.get("/", &[]).await.body, "blue-1");
+
+    // The connections opened before the rotation are untouched.
+    assert_eq!(old_h1.get("/", &[]).await.status, StatusCode::OK);
+    assert_eq!(old_h2.get("/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn certificate_files_that_do_not_load_leave_the_previous_certificate_in_place() {
+    let ca = Ca::new();
+    let first = ca.issue("first");
+    let second = ca.issue("second");
+    let files = CertFiles::new(&first);
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, files.setting()).await;
+
+    // Half a rotation: the new certificate, the old key.
+    std::fs::write(&files.cert, &second.cert_pem).unwrap();
+    let mut client = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(client.peer_certificate, first.der);
+    assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+
+    // Not PEM at all.
+    std::fs::write(&files.cert, "not a certificate\n").unwrap();
+    let mut client = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(client.peer_certificate, first.der);
+    assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+
+    // The rotation completed: the new pair is served.
+    files.install(&second);
+    let client = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(client.peer_certificate, second.der);
+}
+
+#[tokio::test]
+async fn loading_refuses_missing_files_and_keys_of_other_certificates() {
+    let ca = Ca::new();
+    let first = ca.issue("first");
+    let second = ca.issue("second");
+    let files = CertFiles::new(&first);
+
+    let missing = Tls::load(files.dir.path().join("nope.pem"), &files.key).unwrap_err();
+    assert!(matches!(missing, TlsError::Read { .. }), "{missing:?}");
+    assert!(missing.to_string().contains("nope.pem"), "{missing}");
+
+    std::fs::write(&files.key, &second.key_pem).unwrap();
+    let mismatch = Tls::load(&files.cert, &files.key).unwrap_err();
+    assert!(
+        matches!(mismatch, TlsError::Mismatch { .. }),
+        "{mismatch:?}"
+    );
+
+    std::fs::write(&files.key, &first.cert_pem).unwrap();
+    let no_key = Tls::load(&files.cert, &files.key).unwrap_err();
+    assert!(matches!(no_key, TlsError::Key { .. }), "{no_key:?}");
+
+    std::fs::write(&files.cert, &first.key_pem).unwrap();
+    let no_cert = Tls::load(&files.cert, &files.key).unwrap_err();
+    assert!(
+        matches!(no_cert, TlsError::Certificate { .. }),
+        "{no_cert:?}"
+    );
+
+    // One file holding both is fine.
+    std::fs::write(&files.cert, format!("{}{}", first.cert_pem, first.key_pem)).unwrap();
+    Tls::load(&files.cert, &files.cert).unwrap();
+}
+
+#[tokio::test]
+async fn tls_can_be_switched_on_for_new_connections_of_a_serving_listener() {
+    let ca = Ca::new();
+    let files = CertFiles::new(&ca.issue("first"));
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let setting = TlsSetting::default();
+    let addr = start(&proxy, Role::Active, setting.clone()).await;
+
+    let mut plain = Client::http1(addr).await;
+    assert_eq!(plain.get("/", &[]).await.body, "blue-1");
+
+    setting.set(Some(Tls::load(&files.cert, &files.key).unwrap()));
+    let mut secure = Client::tls(addr, &ca, &[b"h2"]).await;
+    assert_eq!(secure.get("/", &[]).await.body, "blue-1");
+    // The plain connection opened before keeps working.
+    assert_eq!(plain.get("/", &[]).await.body, "blue-1");
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_h2_request_finish() {
+    let ca = Ca::new();
+    let files = CertFiles::new(&ca.issue("first"));
+    let (blue, gate) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(teal_proxy::serve_tls(
+        listener,
+        Arc::clone(&proxy),
+        Role::Active,
+        files.setting(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let mut client = Client::tls(addr, &ca, &[b"h2"]).await;
+    let held = tokio::spawn(async move { client.get("/hold", &[]).await });
+    gate.wait_arrived(1).await;
+    stop.send(()).unwrap();
+    // Shutdown waits for the request, which is still being served.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!server.is_finished());
+    gate.release(1);
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "blue-1");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns once the request is done")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+mod support {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper::client::conn::{http1, http2};
+    use hyper::header::{HOST, HeaderName, HeaderValue};
+    use hyper::rt::{Read, Write};
+    use hyper::service::service_fn;
+    use hyper::{HeaderMap, Request, Response, StatusCode, Version};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use teal_core::Color;
+    use teal_core::spec::PreviewMatch;
+    use teal_proxy::{Backend, Proxy, Role, RouteTable, Tls, TlsSetting};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Semaphore;
+    use tokio::task::JoinHandle;
+    use tokio_rustls::TlsConnector;
+
+    /// A test certificate authority the clients trust.
+    pub struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        der: CertificateDer<'static>,
+    }
+
+    /// A server certificate for `localhost` and its key.
+    pub struct Leaf {
+        pub cert_pem: String,
+        pub key_pem: String,
+        pub der: CertificateDer<'static>,
+    }
+
+    impl Ca {
+        pub fn new() -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "teal test CA");
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Ca {
+                der: cert.der().clone(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A certificate for `localhost`, told apart from others by its common name.
+        pub fn issue(&self, name: &str) -> Leaf {
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Leaf {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().clone(),
+            }
+        }
+    }
+
+    /// `cert.pem` and `key.pem` in a temporary directory.
+    pub struct CertFiles {
+        pub dir: tempfile::TempDir,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
+    impl CertFiles {
+        pub fn new(leaf: &Leaf) -> CertFiles {
+            let dir = tempfile::tempdir().unwrap();
+            let files = CertFiles {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+                dir,
+            };
+            files.install(leaf);
+            files
+        }
+
+        /// Replaces both files the way certificate tools do: written aside, then
+        /// renamed into place.
+        pub fn install(&self, leaf: &Leaf) {
+            for (path, text) in [(&self.cert, &leaf.cert_pem), (&self.key, &leaf.key_pem)] {
+                let aside = path.with_extension("new");
+                std::fs::write(&aside, text).unwrap();
+                std::fs::rename(&aside, path).unwrap();
+            }
+        }
+
+        /// A listener setting serving these files.
+        pub fn setting(&self) -> TlsSetting {
+            TlsSetting::new(Some(Tls::load(&self.cert, &self.key).unwrap()))
+        }
+    }
+
+    /// Holds `/hold` requests until released, and counts how many arrived.
+    #[derive(Clone)]
+    pub struct Gate {
+        arrived: Arc<AtomicUsize>,
+        open: Arc<Semaphore>,
+    }
+
+    impl Gate {
+        pub fn release(&self, n: usize) {
+            self.open.add_permits(n);
+        }
+
+        pub async fn wait_arrived(&self, n: usize) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.arrived.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "{n} held requests never arrived");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// An HTTP/1.1-only backend that answers with its name and tells, in `echo-*`
+    /// headers, the version, path, Host, Cookie and X-Forwarded-Proto it received. `/hold` waits until
+    /// the gate is released.
+    pub async fn backend(name: &str) -> (SocketAddr, Gate) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate = Gate {
+            arrived: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(Semaphore::new(0)),
+        };
+        let name: Arc<str> = Arc::from(name);
+        let accept_gate = gate.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = Arc::clone(&name);
+                let gate = accept_gate.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let name = Arc::clone(&name);
+                        let gate = gate.clone();
+                        async move { Ok::<_, Infallible>(answer(&name, &gate, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, gate)
+    }
+
+    async fn answer(name: &str, gate: &Gate, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/hold" {
+            gate.arrived.fetch_add(1, Ordering::SeqCst);
+            gate.open.acquire().await.unwrap().forget();
+        }
+        let mut response = Response::new(Full::new(Bytes::from(name.to_owned())));
+        let headers = response.headers_mut();
+        let version = format!("{:?}", request.version());
+        headers.insert("echo-version", HeaderValue::from_str(&version).unwrap());
+        let path = request.uri().path_and_query().unwrap().as_str();
+        headers.insert("echo-path", HeaderValue::from_str(path).unwrap());
+        for (from, to) in [
+            ("host", "echo-host"),
+            ("cookie", "echo-cookie"),
+            ("x-forwarded-proto", "echo-forwarded-proto"),
+        ] {
+            let values: Vec<&str> = request
+                .headers()
+                .get_all(from)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            // More than one header would show as "a | b".
+            let joined = values.join(" | ");
+            headers.insert(to, HeaderValue::from_str(&joined).unwrap());
+        }
+        response
+    }
+
+    /// A proxy whose active route is the one backend, blue revision 1.
+    pub fn proxy_to(backend: SocketAddr) -> Arc<Proxy> {
+        let proxy = Proxy::new("shop");
+        proxy.set_routes(RouteTable {
+            active: Some(Backend {
+                color: Color::Blue,
+                revision: 1,
+                instances: vec![backend],
+            }),
+            preview: None,
+            preview_match: PreviewMatch::default(),
+        });
+        proxy
+    }
+
+    /// Serves the proxy on a fresh port until the test ends.
+    pub async fn start(proxy: &Arc<Proxy>, role: Role, tls: TlsSetting) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(teal_proxy::serve_tls(
+            listener,
+            Arc::clone(proxy),
+            role,
+            tls,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// One answer, body collected.
+    #[derive(Debug)]
+    pub struct Answer {
+        pub status: StatusCode,
+        pub version: Version,
+        pub headers: HeaderMap,
+        pub body: String,
+    }
+
+    impl Answer {
+        pub fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(name)
+                .map(|v| v.to_str().unwrap())
+                .unwrap_or("")
+        }
+    }
+
+    enum Sender {
+        Http1(http1::SendRequest<Full<Bytes>>),
+        Http2(http2::SendRequest<Full<Bytes>>),
+    }
+
+    /// One client connection, HTTP/1.1 or HTTP/2, plain or TLS; every request goes
+    /// over it. Closed when dropped.
+    pub struct Client {
+        sender: Sender,
+        /// `scheme://localhost:port`, for the URI (HTTP/2) or Host header (HTTP/1.1).
+        scheme: &'static str,
+        authority: String,
+        task: JoinHandle<()>,
+        /// The protocol the server picked in ALPN.
+        pub alpn: Option<Vec<u8>>,
+        /// The certificate the server presented (empty for plain connections).
+        pub peer_certificate: CertificateDer<'static>,
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Client {
+        /// Plain HTTP/1.1.
+        pub async fn http1(addr: SocketAddr) -> Client {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            Client::handshake(TokioIo::new(stream), false, "http", addr).await
+        }
+
+        /// Plain HTTP/2 with prior knowledge.
+        pub async fn h2c(addr: SocketAddr) -> Client {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            Client::handshake(TokioIo::new(stream), true, "http", addr).await
+        }
+
+        /// TLS to `localhost`, trusting `ca`, offering `alpn`; speaks HTTP/2 when the
+        /// server picks `h2`.
+        pub async fn tls(addr: SocketAddr, ca: &Ca, alpn: &[&[u8]]) -> Client {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let stream = TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("localhost").unwrap(), stream)
+                .await
+                .unwrap();
+            let session = stream.get_ref().1;
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            let peer_certificate = session.peer_certificates().unwrap()[0].clone();
+            let h2 = alpn.as_deref() == Some(b"h2");
+            let mut client = Client::handshake(TokioIo::new(stream), h2, "https", addr).await;
+            client.alpn = alpn;
+            client.peer_certificate = peer_certificate;
+            client
+        }
+
+        async fn handshake<I>(io: I, h2: bool, scheme: &'static str, addr: SocketAddr) -> Client
+        where
+            I: Read + Write + Unpin + Send + 'static,
+        {
+            let (sender, task) = if h2 {
+                let (sender, connection) =
+                    http2::handshake(TokioExecutor::new(), io).await.unwrap();
+                let task = tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                (Sender::Http2(sender), task)
+            } else {
+                let (sender, connection) = http1::handshake(io).await.unwrap();
+                let task = tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                (Sender::Http1(sender), task)
+            };
+            Client {
+                sender,
+                scheme,
+                authority: format!("localhost:{}", addr.port()),
+                task,
+                alpn: None,
+                peer_certificate: CertificateDer::from(Vec::new()),
+            }
+        }
+
+        /// A GET with extra headers (repeated names are sent as repeated headers).
+        pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
+            let mut request = Request::new(Full::new(Bytes::new()));
+            for (name, value) in headers {
+                request.headers_mut().append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let response = match &mut self.sender {
+                Sender::Http1(sender) => {
+                    *request.uri_mut() = path.parse().unwrap();
+                    request
+                        .headers_mut()
+                        .insert(HOST, HeaderValue::from_str(&self.authority).unwrap());
+                    sender.ready().await.unwrap();
+                    sender.send_request(request).await.unwrap()
+                }
+                Sender::Http2(sender) => {
+                    *request.uri_mut() = format!("{}://{}{path}", self.scheme, self.authority)
+                        .parse()
+                        .unwrap();
+                    *request.version_mut() = Version::HTTP_2;
+                    sender.ready().await.unwrap();
+                    sender.send_request(request).await.unwrap()
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            Answer {
+                status: parts.status,
+                version: parts.version,
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! A second `teal server` on the same data directory takes over from the running one:
+//! clients that never stop sending see no refused connection and no failed request.
+//!
+//! What counts as a failure: a refused (or otherwise failed) connect, an error on a
+//! fresh connection, any status but 200, a response cut off, a wrong body. What does
+//! not: a keep-alive connection the old daemon closed between two requests. A client
+//! then finds its connection closed before sending, or has just sent a request that
+//! got no byte of a response because the server had closed the idle connection
+//! before reading it; as browsers, curl, Go's net/http and hyper's pooled client do
+//! for idempotent requests, it sends the request again on a new connection, once.
+//! Those are counted as reconnects, and the retry must succeed. The old daemon only
+//! ever closes idle connections (a connection with a request under way is answered
+//! first), so no request was in flight on them.
+
+use std::net::SocketAddr;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use teal_core::Color;
+use teal_core::rollout::Phase;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// How one client uses its connections.
+#[derive(Clone, Copy, Debug)]
+enum Style {
+    /// One keep-alive connection, requests back to back.
+    KeepAlive,
+    /// One keep-alive connection, idle for a moment between requests.
+    KeepAliveIdle,
+    /// A new connection for every request.
+    Fresh,
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u64,
+    /// Answered after the old daemon exited.
+    ok_after: u64,
+    reconnects: u64,
+    /// Why each reconnect was needed.
+    closed: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// How a request on an open connection went.
+enum Outcome {
+    Answered(u16, String),
+    /// Nothing of a response arrived: the connection was closed under the request.
+    NoResponse(String),
+    Failed(String),
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(address: SocketAddr) -> Result<(Sender, SocketAddr), String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect to {address}: {e}"))?;
+    let local = stream.local_addr().unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake with {address}: {e}"))?;
+    tokio::spawn(connection);
+    Ok((sender, local))
+}
+
+async fn send(sender: &mut Sender, path: &str) -> Outcome {
+    if let Err(error) = sender.ready().await {
+        return Outcome::NoResponse(format!("closed before sending: {error}"));
+    }
+    let request = hyper::Request::get(path)
+        .header("host", "teal.test")
+        .body(Empty::new())
+        .unwrap();
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        // No response head: the server closed the connection without answering.
+        Err(error) => return Outcome::NoResponse(error.to_string()),
+    };
+    let status = response.status().as_u16();
+    match response.into_body().collect().await {
+        Ok(body) => Outcome::Answered(status, String::from_utf8_lossy(&body.to_bytes()).into()),
+        Err(error) => Outcome::Failed(format!("{status} cut off: {error}")),
+    }
+}
+
+/// A client sending `GET path` until `stop`; `expect` must be in every answer.
+fn client(
+    rt: &tokio::runtime::Runtime,
+    address: SocketAddr,
+    path: &'static str,
+    expect: &'static str,
+    style: Style,
+    stop: Arc<AtomicBool>,
+    old_gone: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Tally> {
+    rt.spawn(async move {
+        let mut tally = Tally::default();
+        let mut kept: Option<Sender> = None;
+        let mut local = None;
+        while !stop.load(Ordering::Relaxed) {
+            let after = old_gone.load(Ordering::Relaxed);
+            let reused = kept.is_some();
+            let mut sender = match kept.take() {
+                Some(sender) => sender,
+                None => match connect(address).await {
+                    Ok((sender, l)) => {
+                        local = Some(l);
+                        sender
+                    }
+                    Err(error) => {
+                        tally.failures.push(error);
+                        continue;
+                    }
+                },
+            };
+            let mut outcome = send(&mut sender, path).await;
+            if let Outcome::NoResponse(why) = &outcome
+                && reused
+            {
+                tally.reconnects += 1;
+                tally.closed.push(why.clone());
+                outcome = match connect(address).await {
+                    Ok((fresh, l)) => {
+                        local = Some(l);
+                        sender = fresh;
+                        match send(&mut sender, path).await {
+                            Outcome::NoResponse(again) => {
+                                Outcome::Failed(format!("{why}, then on a new connection: {again}"))
+                            }
+                            other => other,
+                        }
+                    }
+                    Err(error) => Outcome::Failed(format!("{why}, then {error}")),
+                };
+            }
+            match outcome {
+                Outcome::Answered(200, body) if body.contains(expect) => {
+                    tally.ok += 1;
+                    if after {
+                        tally.ok_after += 1;
+                    }
+                }
+                Outcome::Answered(status, body) => tally
+                    .failures
+                    .push(format!("{path}: {status} {}", body.trim())),
+                Outcome::NoResponse(error) | Outcome::Failed(error) => tally
+                    .failures
+                    .push(format!("{path} at {} from {:?}: {error}", now_ms(), local)),
+            }
+            match style {
+                Style::KeepAlive => kept = Some(sender),
+                Style::KeepAliveIdle => {
+                    kept = Some(sender);
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+                Style::Fresh => {}
+            }
+        }
+        tally
+    })
+}
+
+/// The old daemon, killed if the test ends before it exits.
+struct Old(Child);
+
+impl Drop for Old {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn instance_pids(rollout: &teal_core::api::RolloutView) -> Vec<u32> {
+    let mut pids: Vec<u32> = rollout
+        .colors
+        .iter()
+        .flat_map(|c| c.instances.iter().filter_map(|i| i.pid))
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+fn restarting_the_daemon_while_clients_send_loses_no_request() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let spec = DemoSpec::new("relay", "v1");
+    sandbox.apply_ok("relay.yaml", &spec.yaml());
+    let before = sandbox.wait_for("relay", "v1 live on blue", |r| {
+        r.phase == Phase::Healthy
+            && r.active_color == Some(Color::Blue)
+            && r.colors
+                .iter()
+                .flat_map(|c| &c.instances)
+                .filter(|i| i.ready)
+                .count()
+                == 2
+    });
+    let active: SocketAddr = before.active_listen.parse().unwrap();
+    let preview: SocketAddr = before.preview_listen.as_deref().unwrap().parse().unwrap();
+    let api = api_address(&sandbox);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_gone = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    let mut add = |address, path, expect, style, copies| {
+        for _ in 0..copies {
+            clients.push(client(
+                &rt,
+                address,
+                path,
+                expect,
+                style,
+                stop.clone(),
+                old_gone.clone(),
+            ));
+        }
+    };
+    add(active, "/", "version v1", Style::KeepAlive, 3);
+    add(active, "/", "version v1", Style::KeepAliveIdle, 2);
+    add(active, "/", "version v1", Style::Fresh, 2);
+    add(preview, "/", "version v1", Style::KeepAliveIdle, 1);
+    add(
+        api,
+        "/api/v1/rollouts/relay",
+        "\"relay\"",
+        Style::KeepAliveIdle,
+        1,
+    );
+    add(api, "/healthz", "ok", Style::Fresh, 1);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let old = Old(sandbox.start_successor());
+    let old_pid = old.0.id();
+    let mut old = old;
+    let exited = eventually(
+        Duration::from_secs(60),
+        "the old daemon exits after handing over",
+        || old.0.try_wait().unwrap(),
+    );
+    old_gone.store(true, Ordering::Relaxed);
+    assert!(
+        exited.success(),
+        "the old daemon exited with {exited}:\n{}",
+        sandbox.daemon_log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let tallies: Vec<Tally> = clients
+        .into_iter()
+        .map(|client| rt.block_on(client).unwrap())
+        .collect();
+
+    let log = sandbox.daemon_log();
+    assert!(
+        log.contains(&format!("took over 3 listeners from pid {old_pid}")),
+        "the new daemon says what it took over:\n{log}"
+    );
+    let failures: Vec<&String> = tallies.iter().flat_map(|t| &t.failures).collect();
+    let ok: u64 = tallies.iter().map(|t| t.ok).sum();
+    let reconnects: u64 = tallies.iter().map(|t| t.reconnects).sum();
+    let closed: Vec<&String> = tallies.iter().flat_map(|t| &t.closed).collect();
+    eprintln!("{ok} requests answered, {reconnects} reconnects ({closed:?}), {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:#?}\n{log}",
+        failures.len(),
+        ok as usize + failures.len()
+    );
+    for (index, tally) in tallies.iter().enumerate() {
+        assert!(
+            tally.ok_after > 0,
+            "client {index} was answered after the old daemon exited: {tally:?}"
+        );
+    }
+
+    let after = sandbox.get("relay");
+    assert_eq!(
+        instance_pids(&after),
+        instance_pids(&before),
+        "the instances were handed over, not restarted"
+    );
+    assert_eq!(after.status, before.status, "the rollout is where it was");
+    assert_eq!(
+        (
+            after.active_listen.as_str(),
+            after.preview_listen.as_deref()
+        ),
+        (
+            before.active_listen.as_str(),
+            before.preview_listen.as_deref()
+        )
+    );
+    assert_eq!(api_address(&sandbox), api, "the API kept its address");
+    // The new daemon decides and reconciles from now on.
+    let mut spec = spec;
+    spec.version = "v2";
+    sandbox.apply_ok("relay.yaml", &spec.yaml());
+    sandbox.wait_for("relay", "v2 in preview", |r| {
+        r.phase == Phase::Paused && r.preview_revision == Some(2)
+    });
+}
+
+/// One handoff message: a 4-byte big-endian length, then JSON.
+fn write_message(stream: &mut std::os::unix::net::UnixStream, json: &str) {
+    use std::io::Write;
+    stream
+        .write_all(&(json.len() as u32).to_be_bytes())
+        .unwrap();
+    stream.write_all(json.as_bytes()).unwrap();
+}
+
+fn read_message(stream: &mut std::os::unix::net::UnixStream) -> String {
+    use std::io::Read;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).unwrap();
+    let mut json = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut json).unwrap();
+    String::from_utf8(json).unwrap()
+}
+
+#[test]
+fn a_takeover_that_fails_leaves_the_running_daemon_in_charge() {
+    let sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("steady", "v1");
+    sandbox.apply_ok("steady.yaml", &spec.yaml());
+    let before = sandbox.wait_for("steady", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = before.active_listen.parse().unwrap();
+
+    // A successor that takes the sockets and dies before it serves them.
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(sandbox.data_dir().join("handoff.sock")).unwrap();
+    write_message(&mut stream, r#"{"hello":{"pid":1,"version":"test"}}"#);
+    let offer = read_message(&mut stream);
+    assert!(offer.starts_with(r#"{"offer":"#), "{offer}");
+    drop(stream);
+    eventually(
+        Duration::from_secs(10),
+        "the daemon says the takeover failed",
+        || {
+            sandbox
+                .daemon_log()
+                .contains("a takeover failed")
+                .then_some(())
+        },
+    );
+
+    // It still serves, decides, reconciles and supervises.
+    let answer = rt.block_on(get_once(active, None));
+    assert!(answer.body.contains("version v1"), "{answer:?}");
+    spec.version = "v2";
+    sandbox.apply_ok("steady.yaml", &spec.yaml());
+    let after = sandbox.wait_for("steady", "v2 in preview", |r| {
+        r.phase == Phase::Paused
+            && r.preview_revision == Some(2)
+            && r.colors.iter().flat_map(|c| &c.instances).all(|i| i.ready)
+    });
+    let blue = |r: &teal_core::api::RolloutView| {
+        r.colors
+            .iter()
+            .filter(|c| c.color == Color::Blue)
+            .flat_map(|c| c.instances.iter().filter_map(|i| i.pid))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        blue(&after),
+        blue(&before),
+        "blue was left running as it was"
+    );
+}
