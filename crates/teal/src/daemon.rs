@@ -768,13 +768,49 @@ impl Daemon {
     }
 }
 
+/// How long a daemon whose takeover failed waits for its instances to be ready again.
+const RESUME_WARM: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Quiesced<'_> {
-    /// The takeover failed: supervise, reconcile and decide again.
+    /// The takeover failed: supervise, reconcile and decide again. The reconcilers
+    /// wait until the instances the proxies route to are ready again (adopted anew,
+    /// they pass a probe first; at most [`RESUME_WARM`]), so no route loses them.
     pub async fn resume(self) {
-        if let Err(error) = self.daemon.platform.resume() {
+        let daemon = self.daemon;
+        if let Err(error) = daemon.platform.resume() {
             tracing::error!("cannot supervise the instances again: {error}");
         }
-        for runtime in self.daemon.runtimes.lock().expect("runtimes lock").values() {
+        let runtimes: Vec<(String, Arc<Runtime>)> = daemon
+            .runtimes
+            .lock()
+            .expect("runtimes lock")
+            .iter()
+            .map(|(name, runtime)| (name.clone(), runtime.clone()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + RESUME_WARM;
+        while tokio::time::Instant::now() < deadline {
+            let warm = runtimes.iter().all(|(name, runtime)| {
+                let routes = runtime.proxy.routes();
+                let ready: Vec<std::net::SocketAddr> = daemon
+                    .platform
+                    .observe(name)
+                    .iter()
+                    .flat_map(|group| &group.instances)
+                    .filter(|instance| instance.ready)
+                    .map(|instance| instance.addr)
+                    .collect();
+                [&routes.active, &routes.preview]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|backend| &backend.instances)
+                    .all(|addr| ready.contains(addr))
+            });
+            if warm {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for (_, runtime) in &runtimes {
             runtime.wake.notify_one();
         }
         drop(self.decisions);

@@ -148,7 +148,7 @@ pub struct Takeover {
     api: Option<(Socket, TcpListener)>,
     rollouts: Vec<RolloutOffer>,
     sockets: BTreeMap<String, Handed>,
-    /// How many listening sockets came over.
+    /// How many of the listening sockets that came over are served.
     count: usize,
 }
 
@@ -269,10 +269,12 @@ impl Takeover {
     /// The API socket, if the old daemon's was configured for `api` (a different
     /// `--api` binds anew, and the old address closes with the old daemon).
     pub fn api(&mut self, api: SocketAddr) -> Option<TcpListener> {
-        match self.api.take() {
-            Some((socket, listener)) if socket.configured == api => Some(listener),
-            _ => None,
+        let (socket, listener) = self.api.take()?;
+        if socket.configured == api {
+            return Some(listener);
         }
+        self.count -= 1;
+        None
     }
 
     /// Waits until `platform` (which adopted the instances) has every instance the old

@@ -338,6 +338,23 @@ fn a_takeover_that_fails_leaves_the_running_daemon_in_charge() {
     let before = sandbox.wait_for("steady", "v1 live", |r| r.phase == Phase::Healthy);
     let active: SocketAddr = before.active_listen.parse().unwrap();
 
+    let stop = Arc::new(AtomicBool::new(false));
+    let never = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [Style::KeepAlive, Style::Fresh]
+        .into_iter()
+        .map(|style| {
+            client(
+                &rt,
+                active,
+                "/",
+                "version v1",
+                style,
+                stop.clone(),
+                never.clone(),
+            )
+        })
+        .collect();
+
     // A successor that takes the sockets and dies before it serves them.
     let mut stream =
         std::os::unix::net::UnixStream::connect(sandbox.data_dir().join("handoff.sock")).unwrap();
@@ -357,8 +374,15 @@ fn a_takeover_that_fails_leaves_the_running_daemon_in_charge() {
     );
 
     // It still serves, decides, reconciles and supervises.
-    let answer = rt.block_on(get_once(active, None));
-    assert!(answer.body.contains("version v1"), "{answer:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let tally = rt.block_on(client).unwrap();
+        assert!(
+            tally.failures.is_empty() && tally.reconnects == 0 && tally.ok > 0,
+            "{tally:?}"
+        );
+    }
     spec.version = "v2";
     sandbox.apply_ok("steady.yaml", &spec.yaml());
     let after = sandbox.wait_for("steady", "v2 in preview", |r| {
