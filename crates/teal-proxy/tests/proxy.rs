@@ -623,7 +623,7 @@ mod support {
     /// - `/events` is a server-sent event stream: one event at once, then one more
     ///   each time the gate opens, three in all;
     /// - `/upload` records each chunk of the request body as it arrives and answers
-    ///   `received N` at its end;
+    ///   `received N` at its end (`/upload?count`: counts them only);
     /// - a request with `Upgrade` switches protocols: the backend then writes its name
     ///   and a newline, and echoes whatever it reads;
     /// - while the gate says so, everything is a `500`.
@@ -705,12 +705,15 @@ mod support {
             return response;
         }
         if request.uri().path() == "/upload" {
+            let keep = request.uri().query() != Some("count");
             let mut body = request.into_body();
             let mut total = 0;
             while let Some(Ok(frame)) = body.frame().await {
                 if let Ok(data) = frame.into_data() {
                     total += data.len();
-                    gate.received.lock().unwrap().push(data);
+                    if keep {
+                        gate.received.lock().unwrap().push(data);
+                    }
                 }
             }
             return Response::new(Full::new(Bytes::from(format!("received {total}"))).boxed());
@@ -773,7 +776,7 @@ mod support {
     }
 
     /// A body streamed from a channel, one frame per message, unknown length.
-    struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
+    pub struct Chunks(pub tokio::sync::mpsc::Receiver<Bytes>);
 
     impl hyper::body::Body for Chunks {
         type Data = Bytes;
@@ -919,6 +922,49 @@ mod support {
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await.unwrap();
         String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Sends a request whose body is whatever arrives on the returned channel (sent
+    /// chunked, as it comes), on a fresh connection; the answer comes from the handle.
+    pub async fn upload(
+        addr: SocketAddr,
+        path: &str,
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        JoinHandle<Result<Answer, hyper::Error>>,
+    ) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Chunks>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let (chunks, body) = tokio::sync::mpsc::channel(4);
+        let mut request = Request::new(Chunks(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = path.parse().unwrap();
+        request
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_static("shop.test"));
+        let answer = tokio::spawn(async move {
+            let response = sender.send_request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        });
+        (chunks, answer)
+    }
+
+    /// This process's peak resident memory so far, in bytes.
+    pub fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
     }
 
     /// A proxy with the default options changed by `change`.

@@ -108,3 +108,33 @@ async fn a_connection_the_instance_closed_while_idle_is_not_used_again() {
     }
     assert_eq!(proxy.stats(Color::Blue).proxy_errors, 0);
 }
+
+#[tokio::test]
+async fn a_50_mb_upload_streams_through_in_bounded_memory() {
+    let (blue, _gate) = gated_backend("blue-1").await;
+    let proxy = Proxy::new("shop");
+    proxy.set_routes(table(Some(be(Color::Blue, 1, &[blue])), None));
+    let addr = start(&proxy, Role::Active).await;
+
+    let before = peak_rss();
+    let (chunks, answer) = upload(addr, "/upload?count").await;
+    let chunk = bytes::Bytes::from(vec![b'u'; 64 * 1024]);
+    let total = 50 * 1024 * 1024;
+    for _ in 0..total / chunk.len() {
+        within("room for the next chunk", chunks.send(chunk.clone()))
+            .await
+            .unwrap();
+    }
+    drop(chunks);
+    let answer = within("the answer", answer).await.unwrap().unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, format!("received {total}"));
+    assert_eq!(proxy.stats(Color::Blue).bytes_in, total as u64);
+    // Client, proxy and instance all live in this process: had anyone buffered the
+    // body, the peak would have grown by 50 MB.
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "peak memory grew by {grown} bytes"
+    );
+}
