@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::args::{ArgValues, ArgsError};
-use super::expr::Value;
+use super::expr::{Condition, Value};
 use super::template::Metric;
 use crate::rollout::Millis;
 use crate::spec::AnalysisTemplateSpec;
@@ -134,7 +134,7 @@ pub struct Assessment {
 /// - only `failureCondition`: Failed if true, else Successful;
 /// - both: Failed if the failure condition is true, else Successful if the success
 ///   condition is, else Inconclusive.
-pub fn assess_measurement(metric: &Metric, measurement: &Measurement) -> Assessment {
+pub fn assess_measurement<'a>(metric: &'a Metric, measurement: &Measurement) -> Assessment {
     let done = |phase, message: Option<String>| Assessment { phase, message };
     if let Some(error) = &measurement.error {
         return done(Phase::Error, Some(error.clone()));
@@ -145,33 +145,27 @@ pub fn assess_measurement(metric: &Metric, measurement: &Measurement) -> Assessm
             Some("no data: nothing to measure".to_owned()),
         );
     };
-    let success = match &metric.success_condition {
-        None => None,
+    // Each condition that is set: whether it holds, or the Error assessment saying why
+    // it could not be evaluated for this value.
+    let evaluate = |field: &str, condition: &'a Option<Condition>| match condition {
+        None => Ok(None),
         Some(condition) => match condition.evaluate(value) {
-            Ok(holds) => Some((condition, holds)),
-            Err(error) => {
-                return done(
-                    Phase::Error,
-                    Some(format!(
-                        "successCondition \"{condition}\" failed for {value}: {error}"
-                    )),
-                );
-            }
+            Ok(holds) => Ok(Some((condition, holds))),
+            Err(error) => Err(done(
+                Phase::Error,
+                Some(format!(
+                    "{field} \"{condition}\" failed for {value}: {error}"
+                )),
+            )),
         },
     };
-    let failure = match &metric.failure_condition {
-        None => None,
-        Some(condition) => match condition.evaluate(value) {
-            Ok(holds) => Some((condition, holds)),
-            Err(error) => {
-                return done(
-                    Phase::Error,
-                    Some(format!(
-                        "failureCondition \"{condition}\" failed for {value}: {error}"
-                    )),
-                );
-            }
-        },
+    let success = match evaluate("successCondition", &metric.success_condition) {
+        Ok(success) => success,
+        Err(error) => return error,
+    };
+    let failure = match evaluate("failureCondition", &metric.failure_condition) {
+        Ok(failure) => failure,
+        Err(error) => return error,
     };
     match (success, failure) {
         (_, Some((condition, true))) => done(
