@@ -42,6 +42,22 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout takes over once it has sent something).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Waits until a new connection has sent something; false if it closed or stayed
+/// silent for [`FIRST_BYTES_TIMEOUT`].
+///
+/// Hyper closes a connection it has read nothing from when told to shut down. A client
+/// that connected just before a shutdown is about to send, and the socket it connected
+/// to may live on in a daemon that took over (`teal server`'s handoff): it must be
+/// answered, not dropped. So a connection is given to hyper once its first bytes are
+/// there (`peek`: `readable` may be a false positive), and the caller lets hyper read
+/// them before it can hear of the shutdown (a `biased` select).
+pub async fn first_bytes_arrived(stream: &TcpStream) -> bool {
+    matches!(
+        tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut [0u8; 1])).await,
+        Ok(Ok(read)) if read > 0
+    )
+}
+
 /// Pause after an accept error that is not about one connection (typically out of
 /// file descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -146,15 +162,8 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%peer, error = %err, "could not set TCP_NODELAY");
     }
-    // Hyper closes a connection it has read nothing from when told to shut down. A
-    // client that connected just before a shutdown is about to send, and the socket
-    // it connected to may live on in a daemon that took over (`teal server`'s
-    // handoff): it must be answered, not dropped. So the connection is served once its
-    // first bytes are there (`peek`: `readable` may be a false positive), and hyper
-    // reads them before it can hear of the shutdown (the `biased` select below).
-    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut [0u8; 1])).await {
-        Ok(Ok(read)) if read > 0 => {}
-        _ => return,
+    if !first_bytes_arrived(&stream).await {
+        return;
     }
     let Some(tls) = tls else {
         let io = TokioIo::new(stream);

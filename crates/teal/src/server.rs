@@ -56,9 +56,6 @@ struct AppState {
     token: Arc<str>,
 }
 
-/// How long an API connection may stay open before its first request begins.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long the API's open connections (event streams, followed logs) may run on after
 /// the daemon stops or hands over.
 const API_DRAIN: Duration = Duration::from_secs(5);
@@ -234,14 +231,10 @@ async fn serve_api_connection(
     app: Router,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
-    // Hyper closes a connection it has read nothing from when told to shut down; a
-    // client that connected just before the stop is about to send, and must be
-    // answered. So hyper gets the connection once its first bytes are there (`peek`:
-    // `readable` may report a socket readable that is not), and reads them before it
-    // can hear of the stop (`biased`).
-    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut [0u8; 1])).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
+    // Served once its first bytes are there, and hyper reads them before it can hear
+    // of the stop (`biased`): see `first_bytes_arrived`.
+    if !teal_proxy::first_bytes_arrived(&stream).await {
+        return;
     }
     let service = hyper_util::service::TowerToHyperService::new(app);
     let connection = hyper::server::conn::http1::Builder::new()
