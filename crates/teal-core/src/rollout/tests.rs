@@ -509,6 +509,11 @@ fn blue_green_cycle_table() {
         },
     ];
 
+    check(cases);
+}
+
+/// Runs every case and checks its phase, world and notes.
+fn check(cases: Vec<Case>) {
     for case in cases {
         let (status, notes) = run(case.start, &case.policy, case.events);
         assert_eq!(status.phase(), case.phase, "{}: phase", case.name);

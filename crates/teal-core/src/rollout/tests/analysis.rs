@@ -302,26 +302,7 @@ fn analysis_table() {
             note: "promotion of revision 2 confirmed by webhook",
         },
     ];
-    for case in cases {
-        let (status, notes) = run(case.start, &case.policy, case.events);
-        assert_eq!(status.phase(), case.phase, "{}: phase", case.name);
-        assert_eq!(
-            status.world(&case.policy),
-            case.world,
-            "{}: world",
-            case.name
-        );
-        assert!(
-            if case.note.is_empty() {
-                notes.is_empty()
-            } else {
-                notes.iter().any(|n| n.contains(case.note))
-            },
-            "{}: no note contains {:?} in {notes:#?}",
-            case.name,
-            case.note
-        );
-    }
+    check(cases);
 }
 
 #[test]
