@@ -254,7 +254,13 @@ async fn drive(
     for metric in &run.metrics {
         since_last.insert(metric.metric.name.clone(), snapshot());
     }
-    let args = run.args.0.clone();
+    // A job gets the run's args in its environment; they never change during a run.
+    let env: Vec<(String, String)> = run
+        .args
+        .0
+        .iter()
+        .map(|(k, v)| (format!("TEAL_ARG_{}", env_name(k)), v.clone()))
+        .collect();
 
     loop {
         if run.phase().is_completed() {
@@ -280,13 +286,10 @@ async fn drive(
                 let before = since_last.get(&metric.name).copied().unwrap_or_default();
                 let after = snapshot();
                 since_last.insert(metric.name.clone(), after);
-                let env: Vec<(String, String)> = args
-                    .iter()
-                    .map(|(k, v)| (format!("TEAL_ARG_{}", env_name(k)), v.clone()))
-                    .collect();
+                let env = &env;
                 async move {
                     let started = now_ms();
-                    let measurement = measure(metric, colors, &before, &after, &env).await;
+                    let measurement = measure(metric, colors, &before, &after, env).await;
                     (metric.name.clone(), measurement, started, now_ms())
                 }
             }))
