@@ -86,6 +86,40 @@ pub struct ColorStats {
     pub ejections: u64,
 }
 
+impl ColorStats {
+    /// Responses of any status.
+    pub fn responses(&self) -> u64 {
+        self.responses_2xx + self.responses_3xx + self.responses_4xx + self.responses_5xx
+    }
+
+    /// What was counted between `before` and this snapshot: every counter is the
+    /// difference; the gauges (`in_flight`, `upgraded`) are this snapshot's.
+    pub fn since(&self, before: &ColorStats) -> ColorStats {
+        let mut latency_buckets = self.latency_buckets;
+        for (bucket, earlier) in latency_buckets.iter_mut().zip(&before.latency_buckets) {
+            *bucket = bucket.saturating_sub(*earlier);
+        }
+        ColorStats {
+            in_flight: self.in_flight,
+            upgraded: self.upgraded,
+            latency_buckets,
+            latency_sum_micros: self
+                .latency_sum_micros
+                .saturating_sub(before.latency_sum_micros),
+            requests: self.requests.saturating_sub(before.requests),
+            responses_2xx: self.responses_2xx.saturating_sub(before.responses_2xx),
+            responses_3xx: self.responses_3xx.saturating_sub(before.responses_3xx),
+            responses_4xx: self.responses_4xx.saturating_sub(before.responses_4xx),
+            responses_5xx: self.responses_5xx.saturating_sub(before.responses_5xx),
+            proxy_errors: self.proxy_errors.saturating_sub(before.proxy_errors),
+            rejected: self.rejected.saturating_sub(before.rejected),
+            bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            ejections: self.ejections.saturating_sub(before.ejections),
+        }
+    }
+}
+
 /// Live state of one color. Shared (Arc) with the in-flight guards, which may outlive
 /// the request future inside a response body, and with the tunnels.
 pub(crate) struct ColorState {

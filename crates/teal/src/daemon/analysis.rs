@@ -438,18 +438,11 @@ async fn measure(
 
 /// A built-in measure over the traffic between two readings of one color.
 fn builtin_value(metric: &BuiltinMetric, before: &ColorStats, after: &ColorStats) -> Measurement {
-    let answered =
-        |s: &ColorStats| s.responses_2xx + s.responses_3xx + s.responses_4xx + s.responses_5xx;
-    let responses = answered(after).saturating_sub(answered(before));
-    let errors = after.responses_5xx.saturating_sub(before.responses_5xx);
-    let buckets: Vec<u64> = after
-        .latency_buckets
-        .iter()
-        .zip(before.latency_buckets.iter())
-        .map(|(a, b)| a.saturating_sub(*b))
-        .collect();
+    let served = after.since(before);
+    let responses = served.responses();
+    let errors = served.responses_5xx;
     let quantile = |q| {
-        quantile_from_buckets(&LATENCY_BUCKETS_MS, &buckets, q)
+        quantile_from_buckets(&LATENCY_BUCKETS_MS, &served.latency_buckets, q)
             .map_or_else(Measurement::no_data, |ms| {
                 Measurement::of(Value::Number(ms))
             })

@@ -105,21 +105,13 @@ fn window(older: &Reading, newer: &Reading) -> Vec<ColorTraffic> {
         .filter_map(|color| {
             let (revision, now) = newer.colors[index(color)];
             let (_, before) = older.colors[index(color)];
-            let requests = now.requests.saturating_sub(before.requests);
+            let served = now.since(&before);
+            let requests = served.requests;
             if revision == 0 && requests == 0 && now.in_flight == 0 {
                 return None;
             }
-            let responses = |s: &ColorStats| {
-                s.responses_2xx + s.responses_3xx + s.responses_4xx + s.responses_5xx
-            };
-            let answered = responses(&now).saturating_sub(responses(&before));
-            let failed = now.responses_5xx.saturating_sub(before.responses_5xx);
-            let buckets: Vec<u64> = now
-                .latency_buckets
-                .iter()
-                .zip(before.latency_buckets.iter())
-                .map(|(n, b)| n.saturating_sub(*b))
-                .collect();
+            let answered = served.responses();
+            let failed = served.responses_5xx;
             Some(ColorTraffic {
                 color,
                 revision,
@@ -127,7 +119,7 @@ fn window(older: &Reading, newer: &Reading) -> Vec<ColorTraffic> {
                 errors: failed,
                 requests_per_second: requests as f64 / seconds,
                 success_rate: (answered > 0).then(|| (answered - failed) as f64 / answered as f64),
-                p99_ms: quantile_from_buckets(&LATENCY_BUCKETS_MS, &buckets, 0.99),
+                p99_ms: quantile_from_buckets(&LATENCY_BUCKETS_MS, &served.latency_buckets, 0.99),
                 in_flight: now.in_flight,
             })
         })
