@@ -226,6 +226,15 @@ async fn drive(
     };
     save(&daemon, &name, key, &run);
 
+    // A restarted daemon's proxy routes nothing until its reconciler has adopted the
+    // instances again and published them: a load test or a built-in measurement
+    // started before that would see teal's own 503s and blame the candidate for them.
+    if !run.phase().is_completed() && !routed(&proxy, colors.analysed, &mut cancelled).await {
+        stopped(&daemon, &name, key, &mut run);
+        return;
+    }
+    let measuring_since = now_ms();
+
     let _load = match (key.kind, &spec.strategy.load_test) {
         (AnalysisKind::PrePromotion, Some(load)) if !run.phase().is_completed() => {
             preview_target(&daemon, &name, &spec).map(|target| {
@@ -280,7 +289,12 @@ async fn drive(
             return;
         }
         let now = now_ms();
-        let due: Vec<Metric> = run.due(now).into_iter().cloned().collect();
+        let due: Vec<Metric> = run
+            .due(now)
+            .into_iter()
+            .filter(|metric| window_end(metric, measuring_since) <= now)
+            .cloned()
+            .collect();
         if !due.is_empty() {
             let measurements = join_all(due.iter().map(|metric| {
                 let before = since_last.get(&metric.name).copied().unwrap_or_default();
@@ -328,7 +342,15 @@ async fn drive(
                 return;
             }
         }
-        let next = run.next_measurement_at(now).unwrap_or(now + 1000);
+        let next = run
+            .metrics
+            .iter()
+            .filter_map(|metric| {
+                let due = metric.due_at(run.started_at)?;
+                Some(due.max(window_end(&metric.metric, measuring_since)))
+            })
+            .min()
+            .map_or(now + 1000, |at| at.max(now));
         let mut wait = Duration::from_millis(next.saturating_sub(now));
         if !rollback_hooks.is_empty() {
             wait = wait.min(GATE_POLL);
@@ -338,16 +360,57 @@ async fn drive(
             _ = cancelled.changed() => {}
         }
         if *cancelled.borrow() {
-            run.terminate();
-            save(&daemon, &name, key, &run);
-            tracing::info!(
-                "rollout {name}: {} analysis of revision {} stopped: no longer needed",
-                key.kind,
-                key.revision
-            );
+            stopped(&daemon, &name, key, &mut run);
             return;
         }
     }
+}
+
+/// Ends a run that is no longer needed.
+fn stopped(daemon: &Daemon, name: &str, key: RunKey, run: &mut AnalysisRun) {
+    run.terminate();
+    save(daemon, name, key, run);
+    tracing::info!(
+        "rollout {name}: {} analysis of revision {} stopped: no longer needed",
+        key.kind,
+        key.revision
+    );
+}
+
+/// How long a run waits for the color it analyses to be routed to ready instances
+/// before measuring anyway (then whatever teal answered counts: a candidate with no
+/// ready instance for this long is not healthy).
+const ROUTED_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the proxy routes some route to ready instances of `color` (at most
+/// [`ROUTED_WAIT`]); false when the run was cancelled meanwhile.
+async fn routed(proxy: &Proxy, color: Color, cancelled: &mut watch::Receiver<bool>) -> bool {
+    let deadline = tokio::time::Instant::now() + ROUTED_WAIT;
+    loop {
+        if *cancelled.borrow() {
+            return false;
+        }
+        let table = proxy.routes();
+        let ready = [&table.active, &table.preview]
+            .into_iter()
+            .flatten()
+            .any(|backend| backend.color == color && !backend.instances.is_empty());
+        if ready || tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = cancelled.changed() => {}
+        }
+    }
+}
+
+/// When a metric may first measure in a task that began measuring at `since`: a
+/// built-in metric measures the traffic since its previous measurement or since then,
+/// so it waits one window of traffic first, even when the stored run says it is
+/// overdue (a restarted daemon), rather than measure an empty window.
+fn window_end(metric: &Metric, since: Millis) -> Millis {
+    since.saturating_add(u64::try_from(metric.first_window().as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Creates a run from the rollout's templates and teal's args.

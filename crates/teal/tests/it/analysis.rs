@@ -705,9 +705,6 @@ spec:
 }
 
 #[test]
-#[ignore = "known bug: after kill -9 the new daemon's proxy answers 503 to the load test \
-            before it re-publishes the preview's instances, and the builtin success rate \
-            counts those; see the closing note of 2026-11-23"]
 fn a_run_interrupted_by_kill_9_resumes_with_its_measurements() {
     let mut sandbox = Sandbox::start();
     let mut spec = DemoSpec::new("resume", "v1");
