@@ -184,6 +184,38 @@ pub struct BlueGreen {
     /// `notifications`: where every phase change is posted.
     #[serde(default)]
     pub notifications: Vec<Notification>,
+    /// `proxy`: limits and timeouts of teal's own proxy for this rollout. teal's own
+    /// field; every setting left out keeps the proxy's default.
+    #[serde(default)]
+    pub proxy: ProxySettings,
+}
+
+/// `proxy` of `blueGreen`: what teal's proxy allows and how long it waits. None (the
+/// default for each field) keeps the proxy's own default, named beside each field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProxySettings {
+    /// `connectTimeout`: connecting to an instance; `502` after it. Proxy default 5 s.
+    pub connect_timeout: Option<Duration>,
+    /// `responseHeaderTimeout`: from sending a request to the response headers; `504`
+    /// after it. Proxy default 60 s.
+    pub response_header_timeout: Option<Duration>,
+    /// `upstreamIdleTimeout`: longest pause inside a response body before it is cut.
+    /// Proxy default 60 s.
+    pub upstream_idle_timeout: Option<Duration>,
+    /// `upgradedDrainTimeout`: how long WebSockets and other upgraded connections of a
+    /// color being stopped may stay open before they are closed. Proxy default 5 min.
+    pub upgraded_drain_timeout: Option<Duration>,
+    /// `maxRequestHeaderBytes`: largest request head; `431` above it. Proxy default
+    /// 32 KiB.
+    pub max_request_header_bytes: Option<u64>,
+    /// `maxRequestBodyBytes`: largest request body; `413` above it. Proxy default 1 GiB.
+    pub max_request_body_bytes: Option<u64>,
+    /// `passiveHealth.consecutiveFailures`: failures in a row that take an instance out
+    /// of rotation; 0 turns passive health off. Proxy default 5.
+    pub passive_health_failures: Option<u32>,
+    /// `passiveHealth.cooldown`: how long such an instance stays out. Proxy default
+    /// 10 s.
+    pub passive_health_cooldown: Option<Duration>,
 }
 
 /// `tls` of `activeService` / `previewService`: the PEM files a listener serves HTTPS

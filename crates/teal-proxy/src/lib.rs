@@ -15,6 +15,8 @@
 //!   on the color, or the timeout, then for its upgraded connections (WebSocket) up to
 //!   [`ProxyOptions::upgraded_drain_timeout`], closing those still open; true when
 //!   everything ended by itself.
+//! - `Proxy::close_upgraded(&self, Color)`: closes the color's upgraded connections
+//!   now (a color about to be replaced), which also ends a drain waiting for them.
 //! - `Proxy::stats(&self, Color) -> ColorStats`: counters since start.
 //! - `Proxy::set_options(&self, ProxyOptions)`: limits, timeouts, passive health.
 //! - `serve(listener, proxy, Role, shutdown)`: the caller binds, the server serves.

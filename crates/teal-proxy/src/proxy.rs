@@ -477,11 +477,20 @@ impl Proxy {
             rollout = %self.rollout, %color, open = state.upgraded.load(Ordering::SeqCst), ?timeout,
             "upgraded connections still open after the drain timeout; closing them"
         );
-        state.close_generation.fetch_add(1, Ordering::SeqCst);
-        state.close_tunnels.notify_waiters();
+        self.close_upgraded(color);
         let closed = wait_zero(&state.upgraded, &state.upgraded_idle);
         let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, closed).await;
         false
+    }
+
+    /// Closes the color's upgraded connections open now, cleanly (both sides shut
+    /// down), without waiting: for a color about to be replaced, whose tunnels a
+    /// [`Proxy::drain`] under way would otherwise wait out. Later upgrades are not
+    /// affected.
+    pub fn close_upgraded(&self, color: Color) {
+        let state = self.state(color);
+        state.close_generation.fetch_add(1, Ordering::SeqCst);
+        state.close_tunnels.notify_waiters();
     }
 
     /// The color's counters since the proxy was created.

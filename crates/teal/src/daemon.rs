@@ -95,6 +95,8 @@ struct Runtime {
     traffic: Mutex<traffic::TrafficLog>,
     /// The analysis run, load test and webhook gates in progress.
     analysis: Mutex<analysis::Tasks>,
+    /// Colors being drained and stopped in the background.
+    stops: Mutex<reconciler::Stops>,
 }
 
 /// The daemon's shared state.
@@ -168,7 +170,7 @@ impl Daemon {
                 preview,
                 preview_match: stored.spec.strategy.preview_match.clone(),
             });
-            daemon.install(&name, listeners, routes);
+            daemon.install(&stored.spec, listeners, routes);
         }
         tokio::spawn(sample_traffic(Arc::downgrade(&daemon)));
         Ok(daemon)
@@ -237,11 +239,12 @@ impl Daemon {
     /// the first reconcile pass.
     fn install(
         self: &Arc<Self>,
-        name: &str,
+        spec: &RolloutSpec,
         listeners: listeners::Pending,
         routes: Option<RouteTable>,
     ) {
-        let proxy = Proxy::new(name);
+        let name = &spec.name;
+        let proxy = Proxy::with_options(name, reconciler::proxy_options(spec));
         let colors = routes.as_ref().map_or((None, None), |table| {
             (
                 table.active.as_ref().map(|b| b.color),
@@ -260,6 +263,7 @@ impl Daemon {
             stop,
             traffic: Mutex::new(traffic::TrafficLog::new(now_ms())),
             analysis: Mutex::new(analysis::Tasks::default()),
+            stops: Mutex::new(reconciler::Stops::default()),
         });
         listeners.serve(
             &proxy,
@@ -337,7 +341,7 @@ impl Daemon {
                         message: format!("rollout {}: {error:#}; nothing was changed", spec.name),
                         details: Vec::new(),
                     })?;
-                bound.push((spec.name.clone(), listeners));
+                bound.push((spec, listeners));
             }
         }
 
@@ -366,15 +370,20 @@ impl Daemon {
                 analysis::notify(spec, old, &stored.status);
             }
         }
-        for (name, listeners) in bound {
-            match self.runtime(&name) {
-                Some(runtime) => listeners.serve(
-                    &runtime.proxy,
-                    &mut runtime.listeners.lock().expect("listeners lock"),
-                ),
-                None => self.install(&name, listeners, None),
+        for (spec, listeners) in bound {
+            let name = &spec.name;
+            match self.runtime(name) {
+                Some(runtime) => {
+                    // Before the reconciler's pass: the next request follows them.
+                    runtime.proxy.set_options(reconciler::proxy_options(spec));
+                    listeners.serve(
+                        &runtime.proxy,
+                        &mut runtime.listeners.lock().expect("listeners lock"),
+                    );
+                }
+                None => self.install(spec, listeners, None),
             }
-            self.wake(&name);
+            self.wake(name);
         }
         self.changes.send_modify(|n| *n += 1);
         Ok(ApplyResponse { results })
@@ -609,6 +618,7 @@ impl Daemon {
         let runtime = self.runtimes.lock().expect("runtimes lock").remove(name);
         if let Some(runtime) = runtime {
             let _ = runtime.stop.send(true);
+            runtime.stops.lock().expect("stops lock").cancel_all();
             *runtime.listeners.lock().expect("listeners lock") = Listeners::none();
         }
         for color in Color::ALL {
@@ -660,6 +670,7 @@ impl Daemon {
             .collect();
         for runtime in runtimes {
             let _ = runtime.stop.send(true);
+            runtime.stops.lock().expect("stops lock").cancel_all();
             *runtime.listeners.lock().expect("listeners lock") = Listeners::none();
         }
         self.platform.shutdown_all().await;

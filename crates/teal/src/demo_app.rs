@@ -1,6 +1,8 @@
 //! `teal demo-app`: a tiny HTTP server for demos and tests. It answers with its color
 //! and version, has `/healthz` and `/ready`, and can be told to fail a share of
-//! requests, to answer slowly, or never to become ready.
+//! requests, to answer slowly, or never to become ready. A request that asks for an
+//! upgrade (`Connection: upgrade`, as a WebSocket handshake does) is answered `101` and
+//! the connection then echoes whatever it receives, like a WebSocket held open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,13 +80,32 @@ pub async fn run(options: DemoAppOptions) -> anyhow::Result<()> {
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }
 }
 
 impl App {
-    async fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, mut request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if let Some(protocol) = request.headers().get(hyper::header::UPGRADE).cloned() {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let (mut from, mut to) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut from, &mut to).await;
+                }
+            });
+            let mut response = self.text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+            let headers = response.headers_mut();
+            headers.remove("content-type");
+            headers.insert(
+                hyper::header::CONNECTION,
+                "upgrade".parse().expect("static"),
+            );
+            headers.insert(hyper::header::UPGRADE, protocol);
+            return response;
+        }
         let path = request.uri().path();
         match path {
             "/healthz" => return self.text(StatusCode::OK, "ok\n".to_owned()),

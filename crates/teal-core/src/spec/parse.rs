@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+use crate::analysis::template::parse_duration;
+
 use super::raw::{
     self, Chunk, RawAnalysisTemplate, RawBlueGreen, RawHeader, RawNameValue, RawProbe, RawProcess,
-    RawRollout, RawTls, RawTypedAnalysisTemplate, Shape, Stage1Error,
+    RawProxy, RawRollout, RawTls, RawTypedAnalysisTemplate, Shape, Stage1Error,
 };
 use super::{
     API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
-    ProbeAction, Process, RolloutSpec, Template, TlsFiles,
+    ProbeAction, Process, ProxySettings, RolloutSpec, Template, TlsFiles,
 };
 
 /// The `apiVersion` of Argo Rollouts manifests, accepted so they load unchanged.
@@ -728,6 +730,11 @@ fn validate_blue_green(
         &format!("{path}.notifications"),
         errors,
     );
+    let proxy = raw
+        .proxy
+        .as_ref()
+        .map(|found| validate_proxy(found, &format!("{path}.proxy"), errors))
+        .unwrap_or_default();
     // Only now, with every field checked: a bad active address ends the strategy here.
     Some(BlueGreen {
         active_listen: active?,
@@ -748,7 +755,103 @@ fn validate_blue_green(
         load_test,
         webhooks,
         notifications,
+        proxy,
     })
+}
+
+/// `blueGreen.proxy`: every field optional, durations Go-style.
+fn validate_proxy(raw: &RawProxy, path: &str, errors: &mut Errors<'_>) -> ProxySettings {
+    // `min`: the shortest duration that makes sense (a zero connect timeout would fail
+    // every connection).
+    let mut duration = |field: &Option<Spanned<String>>, name: &str, min: Duration| {
+        let field = field.as_ref()?;
+        let path = format!("{path}.{name}");
+        match parse_duration(&field.value) {
+            Ok(duration) if duration >= min => Some(duration),
+            Ok(_) => {
+                errors.at(
+                    &field.referenced,
+                    &path,
+                    format!(
+                        "expected a duration of at least {min:?}, found \"{}\"",
+                        field.value.escape_debug()
+                    ),
+                );
+                None
+            }
+            Err(message) => {
+                errors.at(&field.referenced, &path, message);
+                None
+            }
+        }
+    };
+    let at_least_1ms = Duration::from_millis(1);
+    let connect_timeout = duration(&raw.connect_timeout, "connectTimeout", at_least_1ms);
+    let response_header_timeout = duration(
+        &raw.response_header_timeout,
+        "responseHeaderTimeout",
+        at_least_1ms,
+    );
+    let upstream_idle_timeout = duration(
+        &raw.upstream_idle_timeout,
+        "upstreamIdleTimeout",
+        at_least_1ms,
+    );
+    let upgraded_drain_timeout = duration(
+        &raw.upgraded_drain_timeout,
+        "upgradedDrainTimeout",
+        Duration::ZERO,
+    );
+    let cooldown = raw
+        .passive_health
+        .as_ref()
+        .and_then(|health| duration(&health.cooldown, "passiveHealth.cooldown", Duration::ZERO));
+    let bytes = |field: &Option<Spanned<i64>>, name: &str, min: i64, errors: &mut Errors<'_>| {
+        let field = field.as_ref()?;
+        let value = number(
+            Some(field),
+            &format!("{path}.{name}"),
+            -1,
+            min,
+            i64::MAX,
+            errors,
+        );
+        u64::try_from(value).ok()
+    };
+    // A head needs room for at least a request line and a Host header.
+    let max_request_header_bytes = bytes(
+        &raw.max_request_header_bytes,
+        "maxRequestHeaderBytes",
+        64,
+        errors,
+    );
+    let max_request_body_bytes = bytes(
+        &raw.max_request_body_bytes,
+        "maxRequestBodyBytes",
+        0,
+        errors,
+    );
+    let passive_health_failures = raw.passive_health.as_ref().and_then(|health| {
+        let field = health.consecutive_failures.as_ref()?;
+        Some(count(
+            Some(field),
+            &format!("{path}.passiveHealth.consecutiveFailures"),
+            0,
+            0,
+            i64::from(u32::MAX),
+            errors,
+        ))
+    });
+    ProxySettings {
+        connect_timeout,
+        response_header_timeout,
+        upstream_idle_timeout,
+        upgraded_drain_timeout,
+        max_request_header_bytes,
+        max_request_body_bytes,
+        passive_health_failures,
+        passive_health_cooldown: cooldown,
+    }
 }
 
 /// Parses a `listen` address: an IP literal with a port, or `localhost:PORT`.

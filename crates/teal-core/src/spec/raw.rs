@@ -266,6 +266,28 @@ pub(super) struct RawBlueGreen {
     pub load_test: Option<Spanned<RawLoadTest>>,
     pub webhooks: Option<Vec<RawWebhook>>,
     pub notifications: Option<Vec<RawNotification>>,
+    pub proxy: Option<RawProxy>,
+}
+
+/// `proxy` of `blueGreen`: durations as Go writes them (`"5s"`), sizes in bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawProxy {
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_header_timeout: Option<Spanned<String>>,
+    pub upstream_idle_timeout: Option<Spanned<String>>,
+    pub upgraded_drain_timeout: Option<Spanned<String>>,
+    pub max_request_header_bytes: Option<Spanned<i64>>,
+    pub max_request_body_bytes: Option<Spanned<i64>>,
+    pub passive_health: Option<RawPassiveHealth>,
+}
+
+/// `proxy.passiveHealth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawPassiveHealth {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub cooldown: Option<Spanned<String>>,
 }
 
 /// `prePromotionAnalysis` / `postPromotionAnalysis`, as in Argo.

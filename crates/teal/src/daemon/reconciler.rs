@@ -9,14 +9,43 @@ use teal_core::rollout::{Event, Policy, Status};
 use teal_core::spec::RolloutSpec;
 use teal_core::world::{Deployment, Effect, World, converge};
 use teal_platform::{GroupKey, GroupSpec, GroupStatus};
-use teal_proxy::{Backend, RouteTable};
+use teal_proxy::{Backend, ProxyOptions, RouteTable};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::listeners::Listeners;
 use super::{Daemon, Runtime, now_ms};
 
 /// Even with nothing to wake it, a reconciler looks again this often.
 const RESYNC: Duration = Duration::from_secs(5);
+
+/// The colors being drained and stopped in the background, one slot per color.
+///
+/// A stop waits for the color's requests (up to `drainTimeoutSeconds`) and then for
+/// its WebSockets (up to `proxy.upgradedDrainTimeout`, minutes by default); a pass
+/// that waited for that would hold up every other effect and command of the rollout.
+#[derive(Default)]
+pub(super) struct Stops([Option<PendingStop>; 2]);
+
+struct PendingStop {
+    /// Sent `true` to give the stop up before it stops anything.
+    cancel: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+impl Stops {
+    fn slot(&mut self, color: Color) -> &mut Option<PendingStop> {
+        &mut self.0[usize::from(color == Color::Green)]
+    }
+
+    /// Gives up every stop still draining (the rollout is deleted or the daemon
+    /// shuts down, and stops its instances itself).
+    pub(super) fn cancel_all(&mut self) {
+        for pending in self.0.iter_mut().filter_map(Option::take) {
+            let _ = pending.cancel.send(true);
+        }
+    }
+}
 
 /// Runs until the rollout is deleted or the daemon stops.
 pub(super) async fn run(
@@ -55,7 +84,11 @@ pub(super) async fn run(
 }
 
 /// One pass; returns when time alone will change something.
-async fn pass(daemon: &Arc<Daemon>, name: &str, runtime: &Runtime) -> anyhow::Result<Option<u64>> {
+async fn pass(
+    daemon: &Arc<Daemon>,
+    name: &str,
+    runtime: &Arc<Runtime>,
+) -> anyhow::Result<Option<u64>> {
     let Some((spec, status)) = decide(daemon, name, runtime).await? else {
         return Ok(None);
     };
@@ -69,6 +102,7 @@ async fn pass(daemon: &Arc<Daemon>, name: &str, runtime: &Runtime) -> anyhow::Re
     );
     let policy = Policy::from(&spec);
     let desired = status.world(&policy);
+    settle_stops(daemon, name, runtime, &desired).await;
     let groups = daemon.platform.observe(name);
     let routes = *runtime.routes.lock().expect("routes lock");
     let observed = World {
@@ -96,6 +130,10 @@ async fn decide(
         return Ok(None);
     };
     ensure_listeners(name, runtime, &stored.spec).await;
+    let options = proxy_options(&stored.spec);
+    if runtime.proxy.options() != options {
+        runtime.proxy.set_options(options);
+    }
     let policy = Policy::from(&stored.spec);
     let now = now_ms();
     let mut status = stored.status.clone();
@@ -172,9 +210,9 @@ fn deployment_of(groups: &[GroupStatus], color: Color) -> Option<Deployment> {
 }
 
 async fn act(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     name: &str,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     spec: &RolloutSpec,
     effect: Effect,
 ) -> anyhow::Result<()> {
@@ -217,21 +255,126 @@ async fn act(
             publish_routes(daemon, name, runtime, spec);
         }
         Effect::Stop { color } => {
-            let drained = runtime
-                .proxy
-                .drain(color, spec.strategy.drain_timeout)
-                .await;
-            if !drained {
-                tracing::warn!(
-                    "rollout {name}: {color} still had requests in flight after {}s; stopping it anyway",
-                    spec.strategy.drain_timeout.as_secs()
-                );
+            let mut stops = runtime.stops.lock().expect("stops lock");
+            let slot = stops.slot(color);
+            // Every pass asks again until the color is gone: one stop at a time.
+            if slot
+                .as_ref()
+                .is_some_and(|pending| !pending.handle.is_finished())
+            {
+                return Ok(());
             }
-            tracing::info!("rollout {name}: stopping {color}");
-            daemon.platform.stop(&key(color)).await;
+            let (cancel, cancelled) = watch::channel(false);
+            let handle = tokio::spawn(drain_and_stop(
+                daemon.clone(),
+                key(color),
+                runtime.clone(),
+                spec.strategy.drain_timeout,
+                cancelled,
+            ));
+            *slot = Some(PendingStop { cancel, handle });
         }
     }
     Ok(())
+}
+
+/// Drains the color, then stops it and wakes the reconciler; gives up, leaving the
+/// color running, when cancelled before it stops anything.
+async fn drain_and_stop(
+    daemon: Arc<Daemon>,
+    key: GroupKey,
+    runtime: Arc<Runtime>,
+    drain_timeout: Duration,
+    mut cancelled: watch::Receiver<bool>,
+) {
+    let GroupKey {
+        rollout: name,
+        color,
+    } = &key;
+    // A dropped sender cancels too: nobody is left to want the stop.
+    let drained = tokio::select! {
+        drained = runtime.proxy.drain(*color, drain_timeout) => drained,
+        _ = cancelled.wait_for(|cancel| *cancel) => {
+            tracing::info!("rollout {name}: {color} is wanted again; it keeps running");
+            return;
+        }
+    };
+    if !drained {
+        tracing::warn!(
+            "rollout {name}: {color} still had requests or connections open after draining; stopping it anyway"
+        );
+    }
+    // Stopping changes the world: not while a takeover holds the passes.
+    let _pass = tokio::select! {
+        pass = daemon.passes.read() => pass,
+        _ = cancelled.wait_for(|cancel| *cancel) => return,
+    };
+    if *cancelled.borrow() {
+        return;
+    }
+    tracing::info!("rollout {name}: stopping {color}");
+    daemon.platform.stop(&key).await;
+    runtime.wake.notify_one();
+}
+
+/// Before a pass observes the world: a color that is being stopped but is wanted
+/// again is either kept (it runs what is wanted: the stop is given up) or replaced
+/// (the stop finishes first, its WebSockets closed now rather than waited for).
+async fn settle_stops(daemon: &Daemon, name: &str, runtime: &Runtime, desired: &World) {
+    for color in Color::ALL {
+        let Some(wanted) = desired.deployment(color) else {
+            continue;
+        };
+        let Some(pending) = runtime.stops.lock().expect("stops lock").slot(color).take() else {
+            continue;
+        };
+        if pending.handle.is_finished() {
+            continue;
+        }
+        let groups = daemon.platform.observe(name);
+        let keep = deployment_of(&groups, color)
+            .is_some_and(|running| running.template_hash == wanted.template_hash);
+        if keep {
+            let _ = pending.cancel.send(true);
+        } else {
+            runtime.proxy.close_upgraded(color);
+        }
+        // Bounded: a cancelled stop returns at once; a stop to finish waits at most
+        // for the color's requests to drain.
+        let _ = pending.handle.await;
+    }
+}
+
+/// The proxy options a spec asks for: its `proxy` settings over the defaults.
+pub(super) fn proxy_options(spec: &RolloutSpec) -> ProxyOptions {
+    let settings = &spec.strategy.proxy;
+    let mut options = ProxyOptions::default();
+    let limits = &mut options.limits;
+    if let Some(timeout) = settings.connect_timeout {
+        limits.connect_timeout = timeout;
+    }
+    if let Some(timeout) = settings.response_header_timeout {
+        limits.response_header_timeout = timeout;
+    }
+    if let Some(timeout) = settings.upstream_idle_timeout {
+        limits.upstream_idle_timeout = timeout;
+    }
+    if let Some(bytes) = settings.max_request_header_bytes {
+        limits.max_request_header_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+    if let Some(bytes) = settings.max_request_body_bytes {
+        limits.max_request_body_bytes = bytes;
+    }
+    if let Some(failures) = settings.passive_health_failures {
+        options.health.consecutive_failures = failures;
+    }
+    if let Some(cooldown) = settings.passive_health_cooldown {
+        options.health.cooldown = cooldown;
+    }
+    if let Some(timeout) = settings.upgraded_drain_timeout {
+        options.upgraded_drain_timeout = timeout;
+    }
+    options
 }
 
 /// Swaps the proxy's route table when the routes or the set of ready instances changed.

@@ -6,6 +6,7 @@ mod support;
 mod analysis;
 mod cli;
 mod cycle;
+mod drain;
 mod handoff;
 mod observe;
 mod recovery;

@@ -9,7 +9,7 @@ use super::{SpecError, SpecErrors, parse_documents};
 use crate::analysis::{BuiltinMetric, Condition, Measure, Metric, Provider, Types};
 use crate::spec::{
     AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe, ProbeAction,
-    Process, RolloutSpec, Template, TlsFiles,
+    Process, ProxySettings, RolloutSpec, Template, TlsFiles,
 };
 
 mod analysis;
@@ -206,6 +206,7 @@ fn full_example_parses_to_the_expected_values() {
             load_test: None,
             webhooks: Vec::new(),
             notifications: Vec::new(),
+            proxy: ProxySettings::default(),
         },
     };
     let expected_template = AnalysisTemplateSpec {
@@ -283,6 +284,7 @@ fn defaults_are_applied() {
             load_test: None,
             webhooks: Vec::new(),
             notifications: Vec::new(),
+            proxy: ProxySettings::default(),
         }
     );
     assert_eq!(spec.preview_replicas(), 1);
@@ -1090,4 +1092,68 @@ fn directives_stay_with_their_document() {
         "%YAML 1.2\n---\n{MINIMAL}...\n%YAML 1.2\n---\n{broken}"
     ));
     assert_eq!(error.line, Some(27), "{error:#?}");
+}
+
+#[test]
+fn proxy_settings_are_read_and_left_out_ones_stay_none() {
+    let spec = rollout(&minimal_with(
+        11,
+        "      proxy:\n        connectTimeout: 250ms\n        upgradedDrainTimeout: 1m30s\n        maxRequestBodyBytes: 1024\n        passiveHealth: {consecutiveFailures: 0}\n",
+    ));
+    assert_eq!(
+        spec.strategy.proxy,
+        ProxySettings {
+            connect_timeout: Some(Duration::from_millis(250)),
+            upgraded_drain_timeout: Some(Duration::from_secs(90)),
+            max_request_body_bytes: Some(1024),
+            passive_health_failures: Some(0),
+            ..ProxySettings::default()
+        }
+    );
+    assert_eq!(rollout(MINIMAL).strategy.proxy, ProxySettings::default());
+}
+
+#[test]
+fn bad_proxy_settings_are_all_reported_where_they_are() {
+    let all = errors(&minimal_with(
+        11,
+        "      proxy:\n        connectTimeout: 0s\n        responseHeaderTimeout: soon\n        maxRequestHeaderBytes: 10\n        passiveHealth: {cooldown: -1s}\n",
+    ));
+    assert_eq!(all.len(), 4, "{all:#?}");
+    let path = "spec.strategy.blueGreen.proxy";
+    assert_error(
+        &all[0],
+        13,
+        25,
+        &format!("{path}.connectTimeout"),
+        "expected a duration of at least 1ms, found \"0s\"",
+    );
+    assert_error(
+        &all[1],
+        14,
+        32,
+        &format!("{path}.responseHeaderTimeout"),
+        "expected a duration such as \"30s\"",
+    );
+    assert_error(
+        &all[2],
+        15,
+        32,
+        &format!("{path}.maxRequestHeaderBytes"),
+        "expected a whole number of at least 64, found 10",
+    );
+    assert_error(
+        &all[3],
+        16,
+        35,
+        &format!("{path}.passiveHealth.cooldown"),
+        "expected a duration",
+    );
+}
+
+#[test]
+fn unknown_proxy_setting_is_rejected() {
+    let error = one_error(&minimal_with(11, "      proxy: {maxBodySize: 10}\n"));
+    assert!(error.path.contains("proxy"), "{error:#?}");
+    assert!(error.message.contains("maxBodySize"), "{error:#?}");
 }
