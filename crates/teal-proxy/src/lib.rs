@@ -48,7 +48,9 @@ pub use options::{
     UPGRADED_DRAIN_TIMEOUT, UPSTREAM_HEADER_TIMEOUT, UPSTREAM_IDLE_TIMEOUT,
 };
 pub use proxy::{ColorStats, LATENCY_BUCKETS_MS, Proxy};
-pub use server::{SHUTDOWN_GRACE, TLS_HANDSHAKE_TIMEOUT, first_bytes_arrived, serve, serve_tls};
+pub use server::{
+    IDLE_LINGER, SHUTDOWN_GRACE, TLS_HANDSHAKE_TIMEOUT, first_bytes_arrived, serve, serve_tls,
+};
 pub use tls::{Tls, TlsError, TlsSetting};
 
 /// The ready instances of one color at one revision.

@@ -12,14 +12,15 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{COOKIE, HOST, HeaderValue};
+use hyper::header::{CONNECTION, COOKIE, HOST, HeaderValue};
 use hyper::http::uri::Scheme;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
-use hyper::{Request, Version};
+use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +38,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a client may take to complete the TLS handshake before it is dropped, so
 /// connections that never finish one do not pile up.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After shutdown begins, how long an idle keep-alive connection is kept open for the
+/// request its client may be sending (it is answered with `Connection: close`) before
+/// it is closed while idle. Closing it at once would race such a request, which would
+/// then meet a closed connection.
+pub const IDLE_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a new connection may stay silent before it is dropped (hyper's header read
 /// timeout takes over once it has sent something).
@@ -92,6 +99,8 @@ pub async fn serve_tls(
     debug!(rollout = %proxy.rollout(), %local, ?role, tls = ?tls.current(), "listening");
     // Tells every connection task to shut down gracefully.
     let (closing_tx, closing_rx) = watch::channel(false);
+    // The same, read by every request (an atomic load, not the watch's lock).
+    let closing_flag = Arc::new(AtomicBool::new(false));
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
 
@@ -106,7 +115,10 @@ pub async fn serve_tls(
                         Arc::clone(&proxy),
                         role,
                         tls.current(),
-                        closing_rx.clone(),
+                        Closing {
+                            signal: closing_rx.clone(),
+                            flag: Arc::clone(&closing_flag),
+                        },
                     ));
                 }
                 Err(err) if is_connection_error(&err) => {
@@ -127,6 +139,7 @@ pub async fn serve_tls(
     debug!(rollout = %proxy.rollout(), %local, open = connections.len(), "shutting down");
     // Receivers are alive in every connection task, and we hold one too; an error
     // would only mean nobody listens, which needs no action.
+    closing_flag.store(true, Ordering::SeqCst);
     let _ = closing_tx.send(true);
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -150,13 +163,20 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
+/// Tells a connection that its listener shuts down.
+struct Closing {
+    signal: watch::Receiver<bool>,
+    /// Set before `signal` is sent.
+    flag: Arc<AtomicBool>,
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     role: Role,
     tls: Option<Arc<Tls>>,
-    mut closing: watch::Receiver<bool>,
+    closing: Closing,
 ) {
     // Latency matters more than packet count for request/response traffic.
     if let Err(err) = stream.set_nodelay(true) {
@@ -169,22 +189,21 @@ async fn serve_connection(
         let io = TokioIo::new(stream);
         return serve_http(io, peer, proxy, role, Scheme::HTTP, closing).await;
     };
+    // A handshake under way when shutdown begins is finished, not dropped: its client
+    // has a request to send, which is answered (with `Connection: close`). A
+    // successor that took over the listener accepts the client's next connection.
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-    let stream = tokio::select! {
-        result = handshake => match result {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                // Scanners, clients that distrust the certificate: their business.
-                debug!(%peer, error = %err, "TLS handshake failed");
-                return;
-            }
-            Err(_elapsed) => {
-                debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
-                return;
-            }
-        },
-        // No request has started on this connection: nothing to finish.
-        _ = closing.wait_for(|closing| *closing) => return,
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            // Scanners, clients that distrust the certificate: their business.
+            debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_elapsed) => {
+            debug!(%peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            return;
+        }
     };
     serve_http(
         TokioIo::new(stream),
@@ -199,21 +218,49 @@ async fn serve_connection(
 
 /// Serves HTTP/1.1 or HTTP/2 (whichever the client starts with) on one connection
 /// until it ends, or until `closing` says to finish what is in flight and close.
+///
+/// When closing, an HTTP/1.1 response carries `Connection: close` and the connection
+/// closes after it; an idle keep-alive connection gets [`IDLE_LINGER`] to send one
+/// more request (answered that way) before it is closed while idle. HTTP/2 clients get
+/// a GOAWAY at once, which lets their streams finish and tells them to go elsewhere.
 async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     role: Role,
     scheme: Scheme,
-    mut closing: watch::Receiver<bool>,
+    closing: Closing,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let Closing {
+        signal: mut closing,
+        flag,
+    } = closing;
+    let http2 = Arc::new(AtomicBool::new(false));
+    let seen_http2 = Arc::clone(&http2);
     let service = service_fn(move |mut request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
+        let flag = Arc::clone(&flag);
+        let version = request.version();
+        if version == Version::HTTP_2 {
+            seen_http2.store(true, Ordering::Relaxed);
+        }
         request.extensions_mut().insert(scheme.clone());
         as_http1(&mut request);
-        async move { Ok::<_, Infallible>(proxy.handle(request, role, peer).await) }
+        async move {
+            let mut response = proxy.handle(request, role, peer).await;
+            if version < Version::HTTP_2
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && flag.load(Ordering::Relaxed)
+            {
+                // hyper closes the connection once this response is written.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -235,10 +282,21 @@ async fn serve_http<I>(
         // shut down gracefully in that case too.
         // `.map(drop)` releases the watch's read lock before awaiting below.
         _ = async { closing.wait_for(|closing| *closing).await.map(drop) } => {
+            if !http2.load(Ordering::Relaxed) {
+                // An HTTP/1.1 connection ends after its next response (which says
+                // `Connection: close`); give an idle one time to send that request.
+                if let Ok(result) = tokio::time::timeout(IDLE_LINGER, connection.as_mut()).await {
+                    return log_end(peer, result);
+                }
+            }
             connection.as_mut().graceful_shutdown();
             connection.await
         }
     };
+    log_end(peer, result);
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(err) = result {
         // Clients that disconnect mid-request end up here; that is their business.
         debug!(%peer, error = %err, "connection ended with an error");

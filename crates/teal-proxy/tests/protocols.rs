@@ -243,6 +243,134 @@ async fn shutdown_lets_an_in_flight_h2_request_finish() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+#[tokio::test]
+async fn a_tls_handshake_under_way_at_shutdown_is_finished_and_its_request_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let files = CertFiles::new(&ca.issue("first"));
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(teal_proxy::serve_tls(
+        listener,
+        Arc::clone(&proxy),
+        Role::Active,
+        files.setting(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // The client sends its hello at once and the rest of its handshake only later:
+    // the shutdown comes while the server is in the middle of the handshake.
+    let (hello_sent, hello) = tokio::sync::oneshot::channel();
+    let client = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = SlowAfterFirstWrite::new(stream, hello_sent, Duration::from_millis(500));
+        let mut tls = ca
+            .connector(&[b"http/1.1"])
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                stream,
+            )
+            .await
+            .expect("the handshake is finished");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).to_ascii_lowercase()
+    });
+    hello.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+
+    let answer = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .expect("the client is answered")
+        .unwrap();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with("blue-1"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap();
+}
+
+/// A stream whose writes after the first wait `delay` once; says when the first write
+/// (a TLS client's hello) went out.
+struct SlowAfterFirstWrite {
+    inner: tokio::net::TcpStream,
+    first_sent: Option<tokio::sync::oneshot::Sender<()>>,
+    delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    duration: Duration,
+}
+
+impl SlowAfterFirstWrite {
+    fn new(
+        inner: tokio::net::TcpStream,
+        first_sent: tokio::sync::oneshot::Sender<()>,
+        duration: Duration,
+    ) -> Self {
+        SlowAfterFirstWrite {
+            inner,
+            first_sent: Some(first_sent),
+            delay: None,
+            duration,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SlowAfterFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SlowAfterFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.first_sent.is_none() {
+            let duration = self.duration;
+            let delay = self
+                .delay
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(duration)));
+            std::task::ready!(delay.as_mut().poll(cx));
+        }
+        let written = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        if let Some(first_sent) = self.first_sent.take() {
+            let _ = first_sent.send(());
+        }
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 mod support {
     use std::convert::Infallible;
     use std::net::SocketAddr;
@@ -286,6 +414,20 @@ mod support {
     }
 
     impl Ca {
+        /// A TLS client that trusts this CA and offers `alpn`.
+        pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.der.clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        }
+
         pub fn new() -> Ca {
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -522,17 +664,9 @@ mod support {
         /// TLS to `localhost`, trusting `ca`, offering `alpn`; speaks HTTP/2 when the
         /// server picks `h2`.
         pub async fn tls(addr: SocketAddr, ca: &Ca, alpn: &[&[u8]]) -> Client {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.der.clone()).unwrap();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             let stream = TcpStream::connect(addr).await.unwrap();
-            let stream = TlsConnector::from(Arc::new(config))
+            let stream = ca
+                .connector(alpn)
                 .connect(ServerName::try_from("localhost").unwrap(), stream)
                 .await
                 .unwrap();

@@ -527,6 +527,106 @@ async fn shutdown_stops_accepting_and_lets_requests_finish() {
     within("server", server).await.unwrap().unwrap();
 }
 
+/// Serves `proxy` until the returned sender is used (or dropped).
+async fn serve_until_stopped(
+    proxy: &Arc<Proxy>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(teal_proxy::serve(
+        listener,
+        Arc::clone(proxy),
+        Role::Active,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, server)
+}
+
+/// Sends one GET on a raw keep-alive connection and reads its answer (the demo
+/// backends send a Content-Length); returns the head, lowercased, and the body.
+async fn raw_get(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: teal.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = within("an answer", stream.read(&mut chunk)).await.unwrap();
+        assert!(read > 0, "closed before the answer ended: {buffer:?}");
+        buffer.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let head = head.to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return (head, body.to_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn at_shutdown_the_next_request_on_an_idle_keep_alive_connection_gets_connection_close() {
+    use tokio::io::AsyncReadExt;
+    let blue = backend("blue-1").await;
+    let proxy = Proxy::new("shop");
+    proxy.set_routes(table(Some(be(Color::Blue, 1, &[blue])), None));
+    let (addr, stop, server) = serve_until_stopped(&proxy).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (head, _) = raw_get(&mut stream).await;
+    assert!(!head.contains("connection: close"), "{head}");
+
+    stop.send(()).unwrap();
+    // The connection is idle now; it is kept open for the request its client may be
+    // sending at this very moment, which is answered, with `Connection: close`.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (head, body) = raw_get(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "blue-1");
+    // Then closed cleanly: end of stream, not a reset.
+    let mut rest = Vec::new();
+    let read = within("the close", stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    within("server", server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn at_shutdown_an_idle_keep_alive_connection_is_closed_cleanly_after_the_linger() {
+    use tokio::io::AsyncReadExt;
+    let blue = backend("blue-1").await;
+    let proxy = Proxy::new("shop");
+    proxy.set_routes(table(Some(be(Color::Blue, 1, &[blue])), None));
+    let (addr, stop, server) = serve_until_stopped(&proxy).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw_get(&mut stream).await;
+
+    let stopped = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    let mut rest = Vec::new();
+    let read = within("the close", stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= teal_proxy::IDLE_LINGER - Duration::from_millis(50),
+        "closed after {waited:?}, before the linger"
+    );
+    within("server", server).await.unwrap().unwrap();
+}
+
 mod support {
     use std::convert::Infallible;
     use std::future::Future;

@@ -16,8 +16,12 @@
 //! 4. The old daemon stops accepting. A listening socket has one queue of pending
 //!    connections, shared by every process that holds it, so from then on the new
 //!    daemon accepts them all and none was ever refused. The old one answers the
-//!    requests in flight, closes its keep-alive connections as each goes idle, and
-//!    exits without stopping an instance.
+//!    requests in flight and finishes the TLS handshakes under way; on each keep-alive
+//!    connection it answers the next request with `Connection: close` (an HTTP/2
+//!    client gets a GOAWAY), closes the ones that stay idle for
+//!    [`teal_proxy::IDLE_LINGER`], and exits without stopping an instance. Clients
+//!    reconnect, to the new daemon, without ever meeting a connection cut under a
+//!    request.
 //!
 //! If anything fails before `Ready`, the old daemon carries on as it was and the new
 //! one exits with the reason. Only a process of the same user may connect.
@@ -54,7 +58,8 @@ use crate::daemon::{Daemon, Handed, HandoffSocket, Inherited};
 pub const SOCKET_FILE: &str = "handoff.sock";
 
 /// How long a new daemon waits for the offer. The old daemon first lets the reconcile
-/// passes under way finish, and one may be draining a color before stopping it.
+/// passes under way finish (a color's drain runs beside them; only the stop that
+/// follows it is waited for).
 const OFFER_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the old daemon waits for its successor to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
