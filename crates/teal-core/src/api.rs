@@ -93,8 +93,15 @@ pub struct RolloutView {
     pub preview_revision: Option<Revision>,
     /// Where users connect.
     pub active_listen: String,
+    /// The active listener terminates TLS: users connect with `https://`. False (also
+    /// when an older daemon leaves it out): plain `http://`.
+    #[serde(default)]
+    pub active_tls: bool,
     /// Where testers connect, if a preview listener is configured.
     pub preview_listen: Option<String>,
+    /// The preview listener terminates TLS (`https://`). Default false.
+    #[serde(default)]
+    pub preview_tls: bool,
     /// How requests on the active listener reach the preview, e.g. `cookie test=true`.
     pub preview_match: Vec<String>,
     /// Where the proxy sends each route right now. It follows the status within a
@@ -111,6 +118,25 @@ pub struct RolloutView {
     /// The latest analysis run of the newest revision, if it had one.
     #[serde(default)]
     pub analysis: Option<AnalysisRunView>,
+}
+
+impl RolloutView {
+    /// The URL users connect to: `https://ADDRESS` when the active listener
+    /// terminates TLS, else `http://ADDRESS`.
+    pub fn active_url(&self) -> String {
+        url(self.active_tls, &self.active_listen)
+    }
+
+    /// The URL testers connect to, when a preview listener is configured.
+    pub fn preview_url(&self) -> Option<String> {
+        self.preview_listen
+            .as_deref()
+            .map(|address| url(self.preview_tls, address))
+    }
+}
+
+fn url(tls: bool, address: &str) -> String {
+    format!("{}://{address}", if tls { "https" } else { "http" })
 }
 
 /// `GET /api/v1/rollouts/{name}/analysis[?revision=N]`: runs, oldest first.

@@ -307,24 +307,17 @@ pub fn tree(rollout: &RolloutView, commands: &Commands, style: Style) -> String 
         })
         .unwrap_or_else(|| format!("{active_target}, nothing in preview"));
     let _ = writeln!(out, "Routes:");
-    let _ = writeln!(
-        out,
-        "  {:<13}http://{} → {active_target}",
-        "active:", rollout.active_listen
-    );
+    let active_url = rollout.active_url();
+    let _ = writeln!(out, "  {:<13}{active_url} → {active_target}", "active:");
     let mut preview_label = "preview:";
-    if let Some(preview) = &rollout.preview_listen {
-        let _ = writeln!(
-            out,
-            "  {preview_label:<13}http://{preview} → {preview_target}"
-        );
+    if let Some(preview) = rollout.preview_url() {
+        let _ = writeln!(out, "  {preview_label:<13}{preview} → {preview_target}");
         preview_label = "";
     }
     for matcher in &rollout.preview_match {
         let _ = writeln!(
             out,
-            "  {preview_label:<13}{matcher} on http://{} → {preview_target}",
-            rollout.active_listen
+            "  {preview_label:<13}{matcher} on {active_url} → {preview_target}"
         );
         preview_label = "";
     }
@@ -658,7 +651,9 @@ mod tests {
             active_revision: Some(1),
             preview_revision: Some(2),
             active_listen: "127.0.0.1:8080".to_owned(),
+            active_tls: false,
             preview_listen: None,
+            preview_tls: false,
             preview_match: vec!["header X-Test: yes".to_owned()],
             routes: teal_core::api::RoutesView {
                 active: Some(Color::Blue),
@@ -741,6 +736,32 @@ mod tests {
         assert!(ansi.contains("\x1b[31m✖ 1/2 ready\x1b[0m"), "{ansi}");
         assert!(ansi.contains("\x1b[32m✔ ready\x1b[0m"), "{ansi}");
         assert_eq!(strip_ansi(&ansi), plain, "colors do not move the columns");
+    }
+
+    #[test]
+    fn routes_say_https_for_listeners_that_terminate_tls() {
+        let mut rollout = sample();
+        rollout.active_tls = true;
+        rollout.preview_listen = Some("127.0.0.1:8081".to_owned());
+        let text = tree(&rollout, &Commands::new(), Style::PLAIN);
+        assert!(
+            text.contains("active:      https://127.0.0.1:8080 →"),
+            "{text}"
+        );
+        assert!(
+            text.contains("preview:     http://127.0.0.1:8081 →"),
+            "{text}"
+        );
+        assert!(
+            text.contains("header X-Test: yes on https://127.0.0.1:8080 →"),
+            "{text}"
+        );
+        rollout.preview_tls = true;
+        let text = tree(&rollout, &Commands::new(), Style::PLAIN);
+        assert!(
+            text.contains("preview:     https://127.0.0.1:8081 →"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -115,6 +115,16 @@ impl Listeners {
         self.preview.as_ref().map(|s| s.bound)
     }
 
+    /// Whether the active and the preview listener serve TLS now.
+    pub fn tls(&self) -> (bool, bool) {
+        let serves_tls = |served: &Option<Served>| {
+            served
+                .as_ref()
+                .is_some_and(|served| served.tls.current().is_some())
+        };
+        (serves_tls(&self.active), serves_tls(&self.preview))
+    }
+
     /// Binds what `spec` needs that `current` does not already serve.
     pub async fn bind(spec: &RolloutSpec, current: Option<&Addresses>) -> anyhow::Result<Pending> {
         Self::take_over(spec, current, Handed::default()).await

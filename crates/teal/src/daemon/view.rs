@@ -20,13 +20,23 @@ impl Daemon {
         let world = status.world(&policy);
         let groups = self.platform.observe(name);
         let runtime = self.runtime(name);
-        let (active_bound, preview_bound) = runtime
+        let ((active_bound, preview_bound), (active_tls, preview_tls)) = runtime
             .as_ref()
             .map(|r| {
                 let listeners = r.listeners.lock().expect("listeners lock");
-                (listeners.active_bound(), listeners.preview_bound())
+                (
+                    (listeners.active_bound(), listeners.preview_bound()),
+                    listeners.tls(),
+                )
             })
-            .unwrap_or_default();
+            // Not served (yet): what the spec asks for.
+            .unwrap_or((
+                (None, None),
+                (
+                    spec.strategy.active_tls.is_some(),
+                    spec.strategy.preview_tls.is_some(),
+                ),
+            ));
 
         let role = |color: Color| -> &'static str {
             if status.stable.as_ref().is_some_and(|s| s.color == color) {
@@ -110,9 +120,11 @@ impl Daemon {
             active_listen: active_bound
                 .unwrap_or(spec.strategy.active_listen)
                 .to_string(),
+            active_tls,
             preview_listen: preview_bound
                 .or(spec.strategy.preview_listen)
                 .map(|a| a.to_string()),
+            preview_tls,
             preview_match,
             routes: runtime
                 .as_ref()

@@ -379,6 +379,11 @@ function currentRoutes(rollout) {
   return { active: rollout.active_color ?? null, preview: previewSlot(rollout)?.color ?? null };
 }
 
+/** Where a listener is reached: `https://` when it terminates TLS. */
+function url(tls, address) {
+  return `${tls ? "https" : "http"}://${address}`;
+}
+
 function routesPanel(rollout) {
   const routes = currentRoutes(rollout);
   const revisionOf = (color) => rollout.colors.find((c) => c.color === color)?.revision ?? null;
@@ -396,16 +401,16 @@ function routesPanel(rollout) {
   };
   const fallback = preview ? "" : "nothing in preview: same as users";
   const rows = [
-    html`<li><span class="who">Users</span> <code>http://${rollout.active_listen}</code> <span class="arrow" aria-label="goes to">→</span> ${target(active)}</li>`,
+    html`<li><span class="who">Users</span> <code>${url(rollout.active_tls, rollout.active_listen)}</code> <span class="arrow" aria-label="goes to">→</span> ${target(active)}</li>`,
   ];
   if (rollout.preview_listen) {
     rows.push(
-      html`<li><span class="who">Testers</span> <code>http://${rollout.preview_listen}</code> <span class="arrow" aria-label="goes to">→</span> ${target(previewTarget, fallback)}</li>`,
+      html`<li><span class="who">Testers</span> <code>${url(rollout.preview_tls, rollout.preview_listen)}</code> <span class="arrow" aria-label="goes to">→</span> ${target(previewTarget, fallback)}</li>`,
     );
   }
   for (const match of rollout.preview_match ?? []) {
     rows.push(
-      html`<li><span class="who">Testers</span> <code>http://${rollout.active_listen}</code> with <code>${match}</code> <span class="arrow" aria-label="goes to">→</span> ${target(previewTarget, fallback)}</li>`,
+      html`<li><span class="who">Testers</span> <code>${url(rollout.active_tls, rollout.active_listen)}</code> with <code>${match}</code> <span class="arrow" aria-label="goes to">→</span> ${target(previewTarget, fallback)}</li>`,
     );
   }
   return html`<ul class="routes">${rows}</ul>`;

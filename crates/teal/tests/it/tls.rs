@@ -56,8 +56,21 @@ fn tls_on_the_active_service_serves_https_and_files_that_do_not_load_refuse_the_
             .body
             .contains("version v1")
     );
+    assert!(!live.active_tls);
+    let shown = sandbox.teal_ok(&["get", "shop"]);
+    assert!(shown.contains(&format!("http://{active} →")), "{shown}");
 
     sandbox.apply_ok("shop.yaml", &with_tls("key.pem"));
+    // `teal get` (and the dashboard, from the same view) says how to reach it now.
+    let secure = sandbox.get("shop");
+    assert!(secure.active_tls && !secure.preview_tls, "{secure:?}");
+    assert_eq!(secure.active_url(), format!("https://{active}"));
+    let shown = sandbox.teal_ok(&["get", "shop"]);
+    assert!(shown.contains(&format!("https://{active} →")), "{shown}");
+    assert!(
+        shown.contains(&format!("cookie test=true on https://{active} →")),
+        "{shown}"
+    );
     for alpn in [&b"h2"[..], b"http/1.1"] {
         let (version, body) = rt.block_on(https_get(active, &ca, alpn));
         let expected = if alpn == b"h2" {
