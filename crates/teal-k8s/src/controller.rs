@@ -1,0 +1,450 @@
+//! The controller's I/O: read a Rollout and its ReplicaSets and routes, run the plan,
+//! make its writes, publish the status and events. Every decision is in
+//! [`crate::plan`]; this module only talks to the API server.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use teal_core::Color;
+use teal_core::rollout::Millis;
+
+use crate::crd::{
+    AnyRollout, COLOR_LABEL, FIELD_MANAGER, Flavor, HASH_LABEL, REVISION_ANNOTATION, ROLLOUT_LABEL,
+    STATE_ANNOTATION,
+};
+use crate::plan::{self, Action, Observed, Plan, ReplicaSetView};
+use crate::routes::Routers;
+use crate::{Error, spec_check};
+
+/// The finalizer teal puts on Rollouts, so Services are handed back on delete.
+pub const FINALIZER: &str = "teal.dev/cleanup";
+/// Attempts of one reconcile when the Rollout changed under it (409 Conflict).
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// What the controller needs to talk to the cluster.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for `client`, reporting events as `instance`.
+    pub fn new(client: Client, instance: &str) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(instance.to_owned()),
+            },
+        );
+        Context { client, recorder }
+    }
+}
+
+fn rollouts(client: &Client, flavor: Flavor, namespace: &str) -> Api<AnyRollout> {
+    Api::namespaced_with(client.clone(), namespace, &flavor.api_resource())
+}
+
+/// Reconciles one Rollout once at time `now`; returns when to look again. A Rollout
+/// changed by someone else meanwhile (409) is read again and decided again.
+pub async fn reconcile(
+    context: &Context,
+    flavor: Flavor,
+    namespace: &str,
+    name: &str,
+    now: Millis,
+) -> Result<Option<Duration>, Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match reconcile_attempt(context, flavor, namespace, name, now).await {
+            Err(Error::Kube(kube::Error::Api(status)))
+                if status.code == 409 && attempt < CONFLICT_ATTEMPTS =>
+            {
+                tracing::debug!(rollout = name, "conflict, reading again");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn reconcile_attempt(
+    context: &Context,
+    flavor: Flavor,
+    namespace: &str,
+    name: &str,
+    now: Millis,
+) -> Result<Option<Duration>, Error> {
+    let client = &context.client;
+    let api = rollouts(client, flavor, namespace);
+    // Read untyped first: the spec as written shows the fields teal does not read, and
+    // a spec that does not parse still gets a status saying why.
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &flavor.api_resource());
+    let Some(object) = dynamic.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let raw_spec = object.data["spec"].clone();
+    let rollout: AnyRollout = match serde_json::to_value(&object).and_then(serde_json::from_value) {
+        Ok(rollout) => rollout,
+        Err(error) => {
+            let message = format!("InvalidSpec: the Rollout does not parse: {error}");
+            let patch = json!({"status": {
+                "phase": "Degraded",
+                "message": message,
+                "observedGeneration": object.metadata.generation.map(|g| g.to_string()),
+            }});
+            if object.data["status"]["message"] != json!(message) {
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            return Ok(None);
+        }
+    };
+    if rollout.metadata.deletion_timestamp.is_some() {
+        release(client, &api, &rollout).await?;
+        return Ok(None);
+    }
+    let replica_sets = owned_replica_sets(client, namespace, &rollout).await?;
+    let views: Vec<ReplicaSetView> = replica_sets.iter().map(view_of).collect();
+    let routers = Routers {
+        client,
+        namespace,
+        rollout: name,
+        spec: &rollout.spec,
+    };
+    let valid = spec_check::validate(&rollout.spec).is_ok();
+    let routes = if valid {
+        routers.observe(&views).await?
+    } else {
+        Default::default()
+    };
+    let observed = Observed {
+        name: name.to_owned(),
+        spec: rollout.spec.clone(),
+        raw_spec,
+        generation: rollout.metadata.generation,
+        status: rollout.status.clone().unwrap_or_default(),
+        state: rollout
+            .annotations()
+            .get(STATE_ANNOTATION)
+            .and_then(|json| serde_json::from_str(json).ok()),
+        replica_sets: views,
+        routes,
+        now,
+    };
+    let plan = plan::plan(&observed);
+    execute(context, flavor, namespace, &rollout, &routers, &plan).await?;
+    Ok(plan.requeue_after)
+}
+
+async fn owned_replica_sets(
+    client: &Client,
+    namespace: &str,
+    rollout: &AnyRollout,
+) -> Result<Vec<ReplicaSet>, Error> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let labels = rollout
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let uid = rollout.metadata.uid.clone().unwrap_or_default();
+    let list = api.list(&ListParams::default().labels(&labels)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|owner| owner.uid == uid && owner.kind == "Rollout")
+        })
+        .collect())
+}
+
+fn view_of(rs: &ReplicaSet) -> ReplicaSetView {
+    let status = rs.status.clone().unwrap_or_default();
+    ReplicaSetView {
+        name: rs.name_any(),
+        hash: rs.labels().get(HASH_LABEL).cloned().unwrap_or_default(),
+        color: rs
+            .labels()
+            .get(COLOR_LABEL)
+            .and_then(|c| c.parse::<Color>().ok()),
+        revision: rs
+            .annotations()
+            .get(REVISION_ANNOTATION)
+            .and_then(|r| r.parse().ok()),
+        replicas: rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32,
+        available: status.available_replicas.unwrap_or(0).max(0) as u32,
+        ready: status.ready_replicas.unwrap_or(0).max(0) as u32,
+        problem: status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .and_then(|c| c.message),
+    }
+}
+
+async fn execute(
+    context: &Context,
+    flavor: Flavor,
+    namespace: &str,
+    rollout: &AnyRollout,
+    routers: &Routers<'_>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let client = &context.client;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let running: BTreeMap<Color, String> = Color::ALL
+        .into_iter()
+        .filter_map(|color| {
+            plan.state
+                .world(&spec_check::policy(&rollout.spec))
+                .deployment(color)
+                .map(|d| (color, d.template_hash.clone()))
+        })
+        .collect();
+    for action in &plan.actions {
+        tracing::info!(rollout = rollout.name_any(), ?action, "acting");
+        match action {
+            Action::CreateReplicaSet {
+                name,
+                hash,
+                color,
+                revision,
+                replicas,
+            } => {
+                let rs = replica_set(flavor, rollout, name, hash, *color, *revision, *replicas)?;
+                replica_sets
+                    .create(
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                            ..PostParams::default()
+                        },
+                        &rs,
+                    )
+                    .await?;
+            }
+            Action::UpdateReplicaSet {
+                name,
+                color,
+                replicas,
+                revision,
+            } => {
+                let mut patch = json!({});
+                if let Some(color) = color {
+                    let label = color.map(|c| c.as_str());
+                    patch["metadata"]["labels"] = json!({ COLOR_LABEL: label });
+                    patch["spec"]["template"]["metadata"]["labels"] = json!({ COLOR_LABEL: label });
+                }
+                if let Some(replicas) = replicas {
+                    patch["spec"]["replicas"] = json!(replicas);
+                }
+                if let Some(revision) = revision {
+                    patch["metadata"]["annotations"] =
+                        json!({ REVISION_ANNOTATION: revision.to_string() });
+                }
+                replica_sets
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            Action::DeleteReplicaSet { name } => {
+                replica_sets.delete(name, &DeleteParams::default()).await?;
+            }
+            Action::Route { active, preview } => {
+                routers
+                    .point(active.as_ref(), preview.as_ref(), &running)
+                    .await?;
+            }
+        }
+    }
+
+    // The status first: if the state annotation below fails, the next reconcile
+    // decides again from a status that already says what happened.
+    let api = rollouts(client, flavor, namespace);
+    let name = rollout.name_any();
+    let mut updated = rollout.clone();
+    updated.status = Some(plan.status.clone());
+    let written = if rollout.status.as_ref() != Some(&plan.status) {
+        api.replace_status(&name, &PostParams::default(), &updated)
+            .await?
+    } else {
+        updated
+    };
+    let state = serde_json::to_string(&plan.state).expect("a status always serializes");
+    let mut finalizers = rollout.finalizers().to_vec();
+    let needs_finalizer = !finalizers.iter().any(|f| f == FINALIZER);
+    if needs_finalizer {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    if rollout.annotations().get(STATE_ANNOTATION) != Some(&state) || needs_finalizer {
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": written.resource_version(),
+                "finalizers": finalizers,
+                "annotations": {
+                    STATE_ANNOTATION: state,
+                    REVISION_ANNOTATION: plan.state.revision.to_string(),
+                },
+            }
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+
+    let reference = object_reference(flavor, rollout);
+    for notice in &plan.notices {
+        let event = KubeEvent {
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.clone(),
+            note: Some(notice.note.clone()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            // An event is a courtesy; the status already says what happened.
+            tracing::warn!(rollout = name, %error, "could not publish an event");
+        }
+    }
+    Ok(())
+}
+
+fn object_reference(flavor: Flavor, rollout: &AnyRollout) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(flavor.api_version()),
+        kind: Some("Rollout".to_owned()),
+        name: rollout.metadata.name.clone(),
+        namespace: rollout.metadata.namespace.clone(),
+        uid: rollout.metadata.uid.clone(),
+        resource_version: rollout.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// The ReplicaSet of one revision: the rollout's pod template, labelled with its hash
+/// and color, owned by the Rollout.
+fn replica_set(
+    flavor: Flavor,
+    rollout: &AnyRollout,
+    name: &str,
+    hash: &str,
+    color: Color,
+    revision: u64,
+    replicas: u32,
+) -> Result<ReplicaSet, Error> {
+    let spec = &rollout.spec;
+    let mut template = serde_json::to_value(&spec.template)?;
+    let mut pod_labels: BTreeMap<String, String> =
+        serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
+    pod_labels.insert(HASH_LABEL.to_owned(), hash.to_owned());
+    pod_labels.insert(COLOR_LABEL.to_owned(), color.as_str().to_owned());
+    template["metadata"]["labels"] = json!(pod_labels);
+    let mut labels = pod_labels.clone();
+    labels.insert(ROLLOUT_LABEL.to_owned(), rollout.name_any());
+    let mut selector = spec.selector.match_labels.clone().unwrap_or_default();
+    selector.insert(HASH_LABEL.to_owned(), hash.to_owned());
+    let owner = json!({
+        "apiVersion": flavor.api_version(),
+        "kind": "Rollout",
+        "name": rollout.name_any(),
+        "uid": rollout.metadata.uid.clone().unwrap_or_default(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    });
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "namespace": rollout.namespace(),
+            "labels": labels,
+            "annotations": {REVISION_ANNOTATION: revision.to_string()},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "replicas": replicas,
+            "minReadySeconds": spec.min_ready_seconds.unwrap_or(0),
+            "selector": {"matchLabels": selector},
+            "template": template,
+        },
+    }))?)
+}
+
+/// On delete: the Services stop being marked as managed, and the finalizer goes.
+/// ReplicaSets are removed by Kubernetes through their owner references.
+async fn release(
+    client: &Client,
+    api: &Api<AnyRollout>,
+    rollout: &AnyRollout,
+) -> Result<(), Error> {
+    if let Ok(bg) = spec_check::blue_green(&rollout.spec) {
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client.clone(), &rollout.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {"annotations": {crate::crd::MANAGED_BY_ANNOTATION: null}}});
+        for service in std::iter::once(&bg.active_service).chain(bg.preview_service.as_ref()) {
+            if services.get_opt(service).await?.is_some() {
+                services
+                    .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+    }
+    let finalizers: Vec<&String> = rollout
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    if finalizers.len() != rollout.finalizers().len() {
+        let patch = json!({"metadata": {"finalizers": finalizers}});
+        api.patch(
+            &rollout.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The owner reference kind check for a ReplicaSet, so `kube_runtime`'s `owns` can map
+/// ReplicaSet changes back to their Rollout.
+pub fn owner_rollout(rs: &ReplicaSet) -> Option<String> {
+    rs.owner_references()
+        .iter()
+        .find(|o| o.kind == "Rollout")
+        .map(|o| o.name.clone())
+        .or_else(|| rs.meta().labels.as_ref()?.get(ROLLOUT_LABEL).cloned())
+}

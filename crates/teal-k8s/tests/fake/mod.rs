@@ -1,0 +1,423 @@
+//! A fake Kubernetes API server at the HTTP boundary (kube's tower-test pattern): the
+//! controller's `kube::Client` sends real requests into a `tower_test` mock, and this
+//! store answers them as the API server would (objects, resourceVersions and 409
+//! Conflicts, JSON merge patches, label-selected lists, the status subresource,
+//! finalizers). Every request is recorded so scenarios can assert what the
+//! controller did.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One request the controller made.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// GET, POST, PUT, PATCH, DELETE.
+    pub method: String,
+    /// `kind/name` or `kind/name/status` (kind is the resource plural).
+    pub target: String,
+    /// The request body (JSON), Null when none.
+    pub body: Value,
+}
+
+impl Call {
+    /// `"PATCH services/app-active"`.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.target)
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    /// (plural, namespace, name) → object.
+    objects: BTreeMap<(String, String, String), Value>,
+    resource_version: u64,
+    calls: Vec<Call>,
+    /// Answer the next request matching (method, target) with this status code.
+    failures: Vec<(String, String, u16)>,
+}
+
+/// The fake API server. Clone it freely: clones share the store.
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    store: Arc<Mutex<Store>>,
+}
+
+struct Path {
+    plural: String,
+    namespace: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Path> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // /api/v1/... or /apis/group/version/...
+    let rest = match *parts.first()? {
+        "api" => &parts[2..],
+        "apis" => &parts[3..],
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (ns.to_string(), rest),
+        rest => (String::new(), rest),
+    };
+    Some(Path {
+        plural: rest.first()?.to_string(),
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "reason": reason, "message": message, "code": code}),
+    )
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let map = target.as_object_mut().unwrap();
+            for (key, value) in fields {
+                if value.is_null() {
+                    map.remove(key);
+                } else {
+                    merge(map.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn matches_labels(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let labels = &object["metadata"]["labels"];
+        match term.split_once('=') {
+            Some((key, value)) => labels[key] == value,
+            None => !labels[term].is_null(),
+        }
+    })
+}
+
+impl FakeApi {
+    /// A kube Client talking to this fake.
+    pub fn client(&self) -> kube::Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let response = fake.answer(request).await;
+                send.send_response(response);
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// Stores an object as `kubectl apply` would create it.
+    pub fn insert(&self, plural: &str, mut object: Value) {
+        let mut store = self.store.lock().unwrap();
+        store.resource_version += 1;
+        let rv = store.resource_version.to_string();
+        let meta = &mut object["metadata"];
+        let namespace = meta["namespace"].as_str().unwrap_or("default").to_owned();
+        meta["namespace"] = json!(namespace);
+        meta["resourceVersion"] = json!(rv);
+        meta["generation"] = json!(1);
+        if meta["uid"].is_null() {
+            meta["uid"] = json!(format!("uid-{plural}-{rv}"));
+        }
+        let name = meta["name"].as_str().unwrap().to_owned();
+        store
+            .objects
+            .insert((plural.to_owned(), namespace, name), object);
+    }
+
+    /// The object, if it exists.
+    pub fn get(&self, plural: &str, name: &str) -> Option<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(plural.to_owned(), "default".to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Objects of a kind.
+    pub fn all(&self, plural: &str) -> Vec<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|((p, _, _), _)| p == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Changes an object as a person or another controller would (a merge patch that
+    /// bumps its resourceVersion, and its generation when the spec changes).
+    pub fn edit(&self, plural: &str, name: &str, patch: Value) {
+        let mut store = self.store.lock().unwrap();
+        store.resource_version += 1;
+        let rv = store.resource_version;
+        let object = store
+            .objects
+            .get_mut(&(plural.to_owned(), "default".to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("no {plural}/{name}"));
+        let spec_before = object["spec"].clone();
+        merge(object, &patch);
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if object["spec"] != spec_before {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+            object["metadata"]["generation"] = json!(generation + 1);
+        }
+    }
+
+    /// What the ReplicaSet controller and kubelet would do: every ReplicaSet gets all
+    /// its pods ready and available.
+    pub fn make_pods_available(&self) {
+        for rs in self.all("replicasets") {
+            let name = rs["metadata"]["name"].as_str().unwrap().to_owned();
+            let replicas = rs["spec"]["replicas"].clone();
+            self.edit(
+                "replicasets",
+                &name,
+                json!({"status": {"replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}}),
+            );
+        }
+    }
+
+    /// The next request `method target` (e.g. `PUT rollouts/app/status`) is answered
+    /// with `code`.
+    pub fn fail_next(&self, method: &str, target: &str, code: u16) {
+        self.store
+            .lock()
+            .unwrap()
+            .failures
+            .push((method.to_owned(), target.to_owned(), code));
+    }
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.store.lock().unwrap().calls.clone()
+    }
+
+    /// The writes so far (no reads, no events), as `"METHOD kind/name"` lines.
+    pub fn writes(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter(|c| c.method != "GET" && !c.target.starts_with("events"))
+            .map(Call::line)
+            .collect()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_calls(&self) {
+        self.store.lock().unwrap().calls.clear();
+    }
+
+    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (code, answer) = self.handle(&method, &path, &query, body);
+        Response::builder()
+            .status(StatusCode::from_u16(code).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .unwrap()
+    }
+
+    fn handle(&self, method: &Method, path: &str, query: &str, body: Value) -> (u16, Value) {
+        let Some(parsed) = parse_path(path) else {
+            return status(404, "NotFound", &format!("no route {path}"));
+        };
+        let namespace = if parsed.namespace.is_empty() {
+            "default".to_owned()
+        } else {
+            parsed.namespace.clone()
+        };
+        let target = match (&parsed.name, &parsed.subresource) {
+            (Some(name), Some(sub)) => format!("{}/{name}/{sub}", parsed.plural),
+            (Some(name), None) => format!("{}/{name}", parsed.plural),
+            _ => parsed.plural.clone(),
+        };
+        let mut store = self.store.lock().unwrap();
+        store.calls.push(Call {
+            method: method.to_string(),
+            target: target.clone(),
+            body: body.clone(),
+        });
+        if let Some(index) = store
+            .failures
+            .iter()
+            .position(|(m, t, _)| m == method.as_str() && *t == target)
+        {
+            let (_, _, code) = store.failures.remove(index);
+            return status(
+                code,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            );
+        }
+        let key = |name: &str| (parsed.plural.clone(), namespace.clone(), name.to_owned());
+        match (method.as_str(), &parsed.name) {
+            ("GET", None) => {
+                let selector = form_value(query, "labelSelector").unwrap_or_default();
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|((p, ns, _), _)| {
+                        *p == parsed.plural && (parsed.namespace.is_empty() || *ns == namespace)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| matches_labels(v, &selector))
+                    .collect();
+                let rv = store.resource_version.to_string();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
+            ("GET", Some(name)) => match store.objects.get(&key(name)) {
+                Some(object) => (200, object.clone()),
+                None => status(
+                    404,
+                    "NotFound",
+                    &format!("{} {name:?} not found", parsed.plural),
+                ),
+            },
+            ("POST", None) => {
+                let mut object = body;
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if store.objects.contains_key(&key(&name)) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{} {name:?} already exists", parsed.plural),
+                    );
+                }
+                store.resource_version += 1;
+                let rv = store.resource_version;
+                object["metadata"]["namespace"] = json!(namespace);
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                object["metadata"]["uid"] = json!(format!("uid-{}-{rv}", parsed.plural));
+                object["metadata"]["generation"] = json!(1);
+                store.objects.insert(key(&name), object.clone());
+                (201, object)
+            }
+            ("PUT", Some(name)) | ("PATCH", Some(name)) => {
+                let Some(current) = store.objects.get(&key(name)).cloned() else {
+                    return status(
+                        404,
+                        "NotFound",
+                        &format!("{} {name:?} not found", parsed.plural),
+                    );
+                };
+                let sent_rv = body["metadata"]["resourceVersion"].as_str();
+                if sent_rv
+                    .is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str())
+                {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!(
+                            "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+                            parsed.plural
+                        ),
+                    );
+                }
+                let mut next = current.clone();
+                let status_only = parsed.subresource.as_deref() == Some("status");
+                if method == "PUT" {
+                    if status_only {
+                        next["status"] = body["status"].clone();
+                    } else {
+                        let kept_status = current["status"].clone();
+                        next = body.clone();
+                        next["status"] = kept_status;
+                        next["metadata"]["uid"] = current["metadata"]["uid"].clone();
+                        next["metadata"]["generation"] = current["metadata"]["generation"].clone();
+                    }
+                } else if status_only {
+                    let mut status = current["status"].clone();
+                    merge(&mut status, &body["status"]);
+                    next["status"] = status;
+                } else {
+                    let mut patch = body.clone();
+                    if let Some(map) = patch.as_object_mut() {
+                        map.remove("status");
+                    }
+                    merge(&mut next, &patch);
+                }
+                if next["spec"] != current["spec"] {
+                    let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+                    next["metadata"]["generation"] = json!(generation + 1);
+                }
+                store.resource_version += 1;
+                next["metadata"]["resourceVersion"] = json!(store.resource_version.to_string());
+                if !next["metadata"]["deletionTimestamp"].is_null()
+                    && next["metadata"]["finalizers"]
+                        .as_array()
+                        .is_none_or(|f| f.is_empty())
+                {
+                    store.objects.remove(&key(name));
+                } else {
+                    store.objects.insert(key(name), next.clone());
+                }
+                (200, next)
+            }
+            ("DELETE", Some(name)) => {
+                let Some(mut current) = store.objects.get(&key(name)).cloned() else {
+                    return status(
+                        404,
+                        "NotFound",
+                        &format!("{} {name:?} not found", parsed.plural),
+                    );
+                };
+                if current["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    current["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
+                    store.objects.insert(key(name), current.clone());
+                } else {
+                    store.objects.remove(&key(name));
+                }
+                (200, current)
+            }
+            _ => status(405, "MethodNotAllowed", &format!("{method} {path}")),
+        }
+    }
+}
+
+fn form_value(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}

@@ -1,0 +1,676 @@
+//! The controller against a fake API server: each scenario loads manifests, runs
+//! reconciles at chosen times, plays a person (`kubectl argo rollouts promote` is a
+//! status patch) or the kubelet (pods become available), and asserts the requests the
+//! controller made and the objects they left.
+
+mod fake;
+
+use std::time::Duration;
+
+use fake::FakeApi;
+use serde_json::{Value, json};
+use teal_k8s::controller::{self, Context};
+use teal_k8s::crd::Flavor;
+use teal_k8s::lease::LeaseLock;
+
+const T0: u64 = 1_800_000_000_000;
+const SECOND: u64 = 1000;
+
+fn plural(kind: &str) -> &'static str {
+    match kind {
+        "Rollout" => "rollouts",
+        "Service" => "services",
+        "VirtualService" => "virtualservices",
+        "DestinationRule" => "destinationrules",
+        "HTTPRoute" => "httproutes",
+        other => panic!("no plural for {other}"),
+    }
+}
+
+struct Harness {
+    fake: FakeApi,
+    context: Context,
+    flavor: Flavor,
+    name: String,
+}
+
+impl Harness {
+    /// Loads a manifest file of tests/manifests into a fresh fake cluster.
+    fn new(file: &str) -> Harness {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/manifests/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        Harness::from_yaml(&text)
+    }
+
+    fn from_yaml(text: &str) -> Harness {
+        let documents: Vec<Value> = serde_saphyr::from_str_multiple(text).unwrap();
+        let fake = FakeApi::default();
+        let mut rollout = None;
+        for document in documents {
+            let kind = document["kind"].as_str().unwrap();
+            if kind == "Rollout" {
+                rollout = Some(document.clone());
+            }
+            fake.insert(plural(kind), document);
+        }
+        let rollout = rollout.expect("a Rollout in the manifests");
+        let flavor = if rollout["apiVersion"] == "argoproj.io/v1alpha1" {
+            Flavor::Argo
+        } else {
+            Flavor::Teal
+        };
+        Harness {
+            context: Context::new(fake.client(), "teal-controller-0"),
+            fake,
+            flavor,
+            name: rollout["metadata"]["name"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn try_reconcile(&self, at: u64) -> Result<Option<Duration>, teal_k8s::Error> {
+        controller::reconcile(&self.context, self.flavor, "default", &self.name, at).await
+    }
+
+    /// One reconcile at `at`; returns the writes it made.
+    async fn reconcile(&self, at: u64) -> Vec<String> {
+        self.fake.clear_calls();
+        self.try_reconcile(at).await.expect("reconcile");
+        self.fake.writes()
+    }
+
+    fn rollout(&self) -> Value {
+        self.fake.get("rollouts", &self.name).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        self.rollout()["status"].clone()
+    }
+
+    fn phase(&self) -> String {
+        self.status()["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn selector(&self, service: &str) -> String {
+        self.fake.get("services", service).unwrap()["spec"]["selector"]
+            ["rollouts-pod-template-hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn replica_set(&self, hash: &str) -> Value {
+        self.fake
+            .get("replicasets", &format!("{}-{hash}", self.name))
+            .unwrap_or_else(|| panic!("no ReplicaSet for {hash}"))
+    }
+
+    fn replicas(&self, hash: &str) -> i64 {
+        self.replica_set(hash)["spec"]["replicas"].as_i64().unwrap()
+    }
+
+    /// A new image: a new revision.
+    fn set_image(&self, image: &str) {
+        let mut template = self.rollout()["spec"]["template"].clone();
+        template["spec"]["containers"][0]["image"] = json!(image);
+        self.fake.edit(
+            "rollouts",
+            &self.name,
+            json!({"spec": {"template": template}}),
+        );
+    }
+
+    /// `kubectl argo rollouts promote`: clears the pause conditions.
+    fn promote(&self) {
+        self.fake.edit(
+            "rollouts",
+            &self.name,
+            json!({"status": {"pauseConditions": null}, "spec": {"paused": false}}),
+        );
+    }
+
+    fn hashes(&self) -> (String, String) {
+        let status = self.status();
+        (
+            status["stableRS"].as_str().unwrap_or_default().to_owned(),
+            status["currentPodHash"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.fake
+            .all("events")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["reason"].as_str().unwrap_or_default(),
+                    e["note"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs the Argo example up to a paused preview of revision 2; returns (v1, v2) hashes.
+async fn to_paused_preview(h: &Harness) -> (String, String) {
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    let (v1, _) = h.hashes();
+    h.set_image("argoproj/rollouts-demo:green");
+    h.reconcile(T0 + 2 * SECOND).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 3 * SECOND).await;
+    let (_, v2) = h.hashes();
+    assert_eq!(h.phase(), "Paused");
+    (v1, v2)
+}
+
+#[tokio::test]
+async fn an_argo_manifest_goes_through_first_deploy_preview_promotion_and_scale_down() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    let rs = |hash: &str| format!("replicasets/rollout-bluegreen-{hash}");
+
+    // First deploy: a ReplicaSet, no route until its pods are available.
+    let writes = h.reconcile(T0).await;
+    let v1 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        writes,
+        vec![
+            "POST replicasets".to_owned(),
+            "PUT rollouts/rollout-bluegreen/status".to_owned(),
+            "PATCH rollouts/rollout-bluegreen".to_owned(),
+        ]
+    );
+    let created = h.replica_set(&v1);
+    assert_eq!(created["spec"]["replicas"], 2);
+    assert_eq!(
+        created["metadata"]["labels"]["rollouts-pod-template-hash"],
+        v1.as_str()
+    );
+    assert_eq!(
+        created["spec"]["template"]["metadata"]["labels"]["app"],
+        "rollout-bluegreen"
+    );
+    assert_eq!(created["metadata"]["ownerReferences"][0]["kind"], "Rollout");
+    assert_eq!(
+        created["metadata"]["annotations"]["rollout.argoproj.io/revision"],
+        "1"
+    );
+    assert_eq!(h.phase(), "Progressing");
+    assert_eq!(h.selector("rollout-bluegreen-active"), "");
+    assert_eq!(
+        h.rollout()["metadata"]["finalizers"],
+        json!(["teal.dev/cleanup"])
+    );
+
+    h.fake.make_pods_available();
+    let writes = h.reconcile(T0 + SECOND).await;
+    assert!(
+        writes.contains(&"PATCH services/rollout-bluegreen-active".to_owned()),
+        "{writes:?}"
+    );
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v1);
+    assert_eq!(h.phase(), "Healthy");
+    assert_eq!(h.status()["stableRS"], v1.as_str());
+    assert_eq!(h.status()["blueGreen"]["activeSelector"], v1.as_str());
+    assert_eq!(h.status()["observedGeneration"], "1");
+
+    // Nothing changed: a reconcile writes nothing.
+    assert_eq!(h.reconcile(T0 + 2 * SECOND).await, Vec::<String>::new());
+
+    // A new image: a second ReplicaSet in the other color, previewed, users stay.
+    h.set_image("argoproj/rollouts-demo:green");
+    let writes = h.reconcile(T0 + 3 * SECOND).await;
+    let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    assert_eq!(
+        writes[..2],
+        [
+            "POST replicasets".to_owned(),
+            "PATCH services/rollout-bluegreen-preview".to_owned()
+        ]
+    );
+    assert_eq!(
+        h.replica_set(&v2)["metadata"]["labels"]["teal.dev/color"],
+        "green"
+    );
+    assert_eq!(
+        h.replica_set(&v1)["metadata"]["labels"]["teal.dev/color"],
+        "blue"
+    );
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v2);
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+
+    // Available, autoPromotionEnabled false: paused as Argo pauses.
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 4 * SECOND).await;
+    let status = h.status();
+    assert_eq!(h.phase(), "Paused");
+    assert_eq!(status["pauseConditions"][0]["reason"], "BlueGreenPause");
+    assert_eq!(status["controllerPause"], true);
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+
+    // kubectl argo rollouts promote: the active Service switches.
+    h.promote();
+    let writes = h.reconcile(T0 + 5 * SECOND).await;
+    assert!(
+        writes.contains(&"PATCH services/rollout-bluegreen-active".to_owned()),
+        "{writes:?}"
+    );
+    assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v2);
+    assert_eq!(h.phase(), "Healthy");
+    assert_eq!(h.status()["stableRS"], v2.as_str());
+    assert_eq!(h.status()["pauseConditions"], json!([]));
+
+    // The old color stays warm for scaleDownDelaySeconds (30), then scales to zero.
+    h.reconcile(T0 + 34 * SECOND).await;
+    assert_eq!(h.replicas(&v1), 2);
+    let writes = h.reconcile(T0 + 36 * SECOND).await;
+    assert!(writes.contains(&format!("PATCH {}", rs(&v1))), "{writes:?}");
+    assert_eq!(h.replicas(&v1), 0);
+    assert!(h.replica_set(&v1)["metadata"]["labels"]["teal.dev/color"].is_null());
+    assert_eq!(h.replicas(&v2), 2);
+
+    let events = h.events();
+    assert!(
+        events.iter().any(|e| e.starts_with("RolloutPaused")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.starts_with("RolloutPromoted")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn abort_sends_testers_back_and_retry_releases_again() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    let (v1, v2) = to_paused_preview(&h).await;
+
+    // kubectl argo rollouts abort
+    h.fake
+        .edit("rollouts", &h.name, json!({"status": {"abort": true}}));
+    h.reconcile(T0 + 4 * SECOND).await;
+    assert_eq!(h.phase(), "Degraded");
+    assert!(
+        h.status()["message"].as_str().unwrap().contains("aborted"),
+        "{}",
+        h.status()["message"]
+    );
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v1);
+    assert_eq!(h.status()["abort"], true);
+    // abortScaleDownDelaySeconds (30): the aborted pods go after it.
+    assert_eq!(h.replicas(&v2), 2);
+    h.reconcile(T0 + 35 * SECOND).await;
+    assert_eq!(h.replicas(&v2), 0);
+    assert_eq!(h.replicas(&v1), 2);
+
+    // kubectl argo rollouts retry
+    h.fake
+        .edit("rollouts", &h.name, json!({"status": {"abort": false}}));
+    h.reconcile(T0 + 40 * SECOND).await;
+    assert_eq!(h.replicas(&v2), 2);
+    assert_eq!(h.phase(), "Progressing");
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 41 * SECOND).await;
+    assert_eq!(h.phase(), "Paused");
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v2);
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+}
+
+#[tokio::test]
+async fn undo_inside_the_scale_down_delay_switches_back_at_once() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    let (v1, v2) = to_paused_preview(&h).await;
+    h.promote();
+    h.reconcile(T0 + 5 * SECOND).await;
+    assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+
+    // kubectl argo rollouts undo: the old template is copied back into the spec.
+    h.set_image("argoproj/rollouts-demo:blue");
+    let writes = h.reconcile(T0 + 6 * SECOND).await;
+    assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+    assert!(
+        !writes.iter().any(|w| w == "POST replicasets"),
+        "the warm ReplicaSet is reused, not recreated: {writes:?}"
+    );
+    assert_eq!(h.phase(), "Healthy");
+    assert_eq!(
+        h.replica_set(&v1)["metadata"]["annotations"]["rollout.argoproj.io/revision"],
+        "3"
+    );
+    assert_eq!(
+        h.rollout()["metadata"]["annotations"]["rollout.argoproj.io/revision"],
+        "3"
+    );
+}
+
+#[tokio::test]
+async fn auto_promotion_waits_auto_promotion_seconds() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("autoPromotionEnabled: false", "autoPromotionSeconds: 10");
+    let h = Harness::from_yaml(&yaml);
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    h.set_image("argoproj/rollouts-demo:green");
+    h.reconcile(T0 + 2 * SECOND).await;
+    h.fake.make_pods_available();
+    h.fake.clear_calls();
+    let requeue = h.try_reconcile(T0 + 3 * SECOND).await.unwrap();
+    let (v1, v2) = (
+        h.status()["stableRS"].clone(),
+        h.status()["currentPodHash"].clone(),
+    );
+    assert_eq!(h.phase(), "Paused");
+    assert_eq!(requeue, Some(Duration::from_secs(10)));
+    h.reconcile(T0 + 12 * SECOND).await;
+    assert_eq!(json!(h.selector("rollout-bluegreen-active")), v1);
+    h.reconcile(T0 + 13 * SECOND).await;
+    assert_eq!(json!(h.selector("rollout-bluegreen-active")), v2);
+    assert_eq!(h.phase(), "Healthy");
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_status_write_is_read_again_and_retried() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    h.fake
+        .fail_next("PUT", "rollouts/rollout-bluegreen/status", 409);
+    h.fake.clear_calls();
+    h.try_reconcile(T0).await.expect("a 409 is retried");
+    let status_writes = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.line() == "PUT rollouts/rollout-bluegreen/status")
+        .count();
+    assert_eq!(status_writes, 2);
+    assert_eq!(h.phase(), "Progressing");
+    // The ReplicaSet created before the conflict is found again, not created twice.
+    assert_eq!(h.fake.all("replicasets").len(), 1);
+}
+
+#[tokio::test]
+async fn a_person_changing_the_rollout_between_read_and_write_is_not_overwritten() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    let (_, v2) = to_paused_preview(&h).await;
+    // The status write is stale when a promote lands first: the fake answers 409 as
+    // the API server would for an old resourceVersion.
+    h.fake
+        .fail_next("PUT", "rollouts/rollout-bluegreen/status", 409);
+    h.promote();
+    h.try_reconcile(T0 + 5 * SECOND).await.unwrap();
+    assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_nothing_is_created() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace(
+        "    blueGreen:\n",
+        "    canary:\n      steps:\n      - setWeight: 20\n    blueGreen:\n",
+    );
+    let h = Harness::from_yaml(&yaml);
+    h.reconcile(T0).await;
+    assert_eq!(h.phase(), "Degraded");
+    let message = h.status()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("InvalidSpec") && message.contains("spec.strategy.canary"),
+        "{message}"
+    );
+    assert!(h.fake.all("replicasets").is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_service_is_an_error_that_names_it_and_changes_nothing() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace(
+        "activeService: rollout-bluegreen-active",
+        "activeService: nope",
+    );
+    let h = Harness::from_yaml(&yaml);
+    let error = h.try_reconcile(T0).await.unwrap_err().to_string();
+    assert!(
+        error.contains("\"nope\"") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(h.fake.all("replicasets").is_empty());
+}
+
+#[tokio::test]
+async fn fields_teal_does_not_read_are_reported_in_the_status() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace(
+        "      autoPromotionEnabled: false\n",
+        "      autoPromotionEnabled: false\n      antiAffinity:\n        requiredDuringSchedulingIgnoredDuringExecution: {}\n",
+    );
+    let h = Harness::from_yaml(&yaml);
+    h.reconcile(T0).await;
+    let conditions = h.status()["conditions"].clone();
+    let unsupported = conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "UnsupportedFields")
+        .unwrap_or_else(|| panic!("no UnsupportedFields condition in {conditions}"));
+    assert!(
+        unsupported["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.strategy.blueGreen.antiAffinity"),
+        "{unsupported}"
+    );
+    // Still released.
+    assert_eq!(h.fake.all("replicasets").len(), 1);
+}
+
+#[tokio::test]
+async fn istio_routes_testers_with_the_cookie_to_the_preview_subset() {
+    let h = Harness::new("istio.yaml");
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+    let host = "shop.default.svc.cluster.local";
+    let rule = h.fake.get("destinationrules", "shop").unwrap();
+    assert_eq!(
+        rule["spec"]["subsets"],
+        json!([{"name": "blue", "labels": {"rollouts-pod-template-hash": v1}}])
+    );
+    let service = h.fake.get("virtualservices", "shop").unwrap();
+    assert_eq!(
+        service["spec"]["http"],
+        json!([{"name": "teal-active", "route": [{"destination": {"host": host, "subset": "blue"}}]}])
+    );
+    assert_eq!(
+        service["spec"]["gateways"],
+        json!(["shop-gateway"]),
+        "user fields are kept"
+    );
+
+    let mut template = h.rollout()["spec"]["template"].clone();
+    template["spec"]["containers"][0]["image"] = json!("shop:2");
+    h.fake
+        .edit("rollouts", "shop", json!({"spec": {"template": template}}));
+    h.reconcile(T0 + 2 * SECOND).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 3 * SECOND).await;
+    let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+    let rule = h.fake.get("destinationrules", "shop").unwrap();
+    assert_eq!(
+        rule["spec"]["subsets"],
+        json!([
+            {"name": "blue", "labels": {"rollouts-pod-template-hash": v1}},
+            {"name": "green", "labels": {"rollouts-pod-template-hash": v2}},
+        ])
+    );
+    let http = h.fake.get("virtualservices", "shop").unwrap()["spec"]["http"].clone();
+    assert_eq!(
+        http,
+        json!([
+            {"name": "teal-preview",
+             "match": [{"headers": {"cookie": {"regex": "^(.*?;\\s*)?(test=true)(;.*)?$"}}}],
+             "route": [{"destination": {"host": host, "subset": "green"}}]},
+            {"name": "teal-active", "route": [{"destination": {"host": host, "subset": "blue"}}]},
+        ])
+    );
+
+    h.promote();
+    let writes = h.reconcile(T0 + 4 * SECOND).await;
+    assert!(
+        writes.contains(&"PATCH virtualservices/shop".to_owned()),
+        "{writes:?}"
+    );
+    let http = h.fake.get("virtualservices", "shop").unwrap()["spec"]["http"].clone();
+    assert_eq!(
+        http,
+        json!([{"name": "teal-active", "route": [{"destination": {"host": host, "subset": "green"}}]}])
+    );
+    // Nothing to change afterwards: the routes are read back as pointed.
+    assert_eq!(h.reconcile(T0 + 5 * SECOND).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn gateway_api_switches_an_httproute_between_one_service_per_color() {
+    let h = Harness::new("gateway-api.yaml");
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    let writes = h.reconcile(T0 + SECOND).await;
+    assert!(writes.contains(&"POST services".to_owned()), "{writes:?}");
+    let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+    let blue = h.fake.get("services", "shop-blue").unwrap();
+    assert_eq!(
+        blue["spec"]["selector"],
+        json!({"app": "shop", "rollouts-pod-template-hash": v1})
+    );
+    assert_eq!(blue["spec"]["ports"][0]["port"], 8080);
+    let route = h.fake.get("httproutes", "shop").unwrap();
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([{"backendRefs": [{"name": "shop-blue", "port": 8080}]}])
+    );
+    assert_eq!(route["spec"]["hostnames"], json!(["shop.example.com"]));
+
+    let mut template = h.rollout()["spec"]["template"].clone();
+    template["spec"]["containers"][0]["image"] = json!("shop:2");
+    h.fake
+        .edit("rollouts", "shop", json!({"spec": {"template": template}}));
+    h.reconcile(T0 + 2 * SECOND).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 3 * SECOND).await;
+    let route = h.fake.get("httproutes", "shop").unwrap();
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([
+            {"matches": [{"headers": [{"type": "Exact", "name": "x-test", "value": "true"}]}],
+             "backendRefs": [{"name": "shop-green", "port": 8080}]},
+            {"backendRefs": [{"name": "shop-blue", "port": 8080}]},
+        ])
+    );
+    h.promote();
+    h.reconcile(T0 + 4 * SECOND).await;
+    let route = h.fake.get("httproutes", "shop").unwrap();
+    assert_eq!(
+        route["spec"]["rules"],
+        json!([{"backendRefs": [{"name": "shop-green", "port": 8080}]}])
+    );
+    assert_eq!(h.reconcile(T0 + 5 * SECOND).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn deleting_the_rollout_releases_its_services_and_finalizer() {
+    let h = Harness::new("argo-bluegreen.yaml");
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    let annotations =
+        h.fake.get("services", "rollout-bluegreen-active").unwrap()["metadata"]["annotations"]
+            .clone();
+    assert_eq!(
+        annotations["argo-rollouts.argoproj.io/managed-by-rollouts"],
+        "rollout-bluegreen"
+    );
+    h.fake.edit(
+        "rollouts",
+        &h.name,
+        json!({"metadata": {"deletionTimestamp": "2026-11-23T00:00:00Z"}}),
+    );
+    h.reconcile(T0 + 2 * SECOND).await;
+    let service = h.fake.get("services", "rollout-bluegreen-active").unwrap();
+    assert!(
+        service["metadata"]["annotations"]["argo-rollouts.argoproj.io/managed-by-rollouts"]
+            .is_null()
+    );
+    assert!(
+        h.fake.get("rollouts", &h.name).is_none(),
+        "the finalizer was removed"
+    );
+}
+
+#[tokio::test]
+async fn leadership_passes_to_the_second_replica_only_after_the_lease_expires() {
+    let fake = FakeApi::default();
+    let lease = Duration::from_secs(15);
+    let a = LeaseLock::new(fake.client(), "teal-system", "teal-controller", "a", lease);
+    let b = LeaseLock::new(fake.client(), "teal-system", "teal-controller", "b", lease);
+    assert!(a.try_acquire_or_renew(T0).await.unwrap());
+    assert!(!b.try_acquire_or_renew(T0 + SECOND).await.unwrap());
+    assert!(a.try_acquire_or_renew(T0 + 5 * SECOND).await.unwrap());
+    // a renewed at +5 s: b must wait until +20 s.
+    assert!(!b.try_acquire_or_renew(T0 + 19 * SECOND).await.unwrap());
+    assert!(b.try_acquire_or_renew(T0 + 21 * SECOND).await.unwrap());
+    assert!(
+        !a.try_acquire_or_renew(T0 + 22 * SECOND).await.unwrap(),
+        "a lost it"
+    );
+    let stored = fake.all("leases")[0].clone();
+    assert_eq!(stored["spec"]["holderIdentity"], "b");
+    assert_eq!(stored["spec"]["leaseTransitions"], 1);
+    // A replica that shuts down hands over at once.
+    b.release().await.unwrap();
+    assert!(a.try_acquire_or_renew(T0 + 23 * SECOND).await.unwrap());
+}
+
+#[tokio::test]
+async fn two_replicas_racing_for_an_expired_lease_cannot_both_win() {
+    let fake = FakeApi::default();
+    let lease = Duration::from_secs(15);
+    let a = LeaseLock::new(fake.client(), "teal-system", "l", "a", lease);
+    let b = LeaseLock::new(fake.client(), "teal-system", "l", "b", lease);
+    let c = LeaseLock::new(fake.client(), "teal-system", "l", "c", lease);
+    assert!(a.try_acquire_or_renew(T0).await.unwrap());
+    // b read the expired Lease, but c wrote first: b's write carries a stale
+    // resourceVersion and gets 409.
+    fake.fail_next("PUT", "leases/l", 409);
+    assert!(!b.try_acquire_or_renew(T0 + 60 * SECOND).await.unwrap());
+    assert!(c.try_acquire_or_renew(T0 + 60 * SECOND).await.unwrap());
+}
