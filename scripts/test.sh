@@ -37,6 +37,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Kubernetes controller is behind the `kubernetes` feature: lint that build too.
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else

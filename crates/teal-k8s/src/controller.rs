@@ -17,7 +17,7 @@ use teal_core::rollout::Millis;
 
 use crate::crd::{
     AnyRollout, COLOR_LABEL, FIELD_MANAGER, Flavor, HASH_LABEL, REVISION_ANNOTATION, ROLLOUT_LABEL,
-    STATE_ANNOTATION,
+    STATE_ANNOTATION, TEMPLATE_ANNOTATION,
 };
 use crate::plan::{self, Action, Observed, Plan, ReplicaSetView};
 use crate::routes::Routers;
@@ -391,7 +391,10 @@ fn replica_set(
             "name": name,
             "namespace": rollout.namespace(),
             "labels": labels,
-            "annotations": {REVISION_ANNOTATION: revision.to_string()},
+            "annotations": {
+                REVISION_ANNOTATION: revision.to_string(),
+                TEMPLATE_ANNOTATION: serde_json::to_string(&spec.template)?,
+            },
             "ownerReferences": [owner],
         },
         "spec": {

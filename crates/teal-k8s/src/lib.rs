@@ -8,6 +8,7 @@
 //! - [`controller`] and [`routes`]: the API calls.
 //! - [`run`]: the watch loop with leader election.
 
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod lease;

@@ -419,13 +419,14 @@ fn actions(observed: &Observed, desired: &World) -> Vec<Action> {
             }
         }
     }
-    actions.extend(history_cleanup(observed, desired));
+    let cleanup = history_cleanup(observed, desired, &actions);
+    actions.extend(cleanup);
     actions
 }
 
-/// ReplicaSets at zero and in no color are history; the oldest beyond
-/// `revisionHistoryLimit` are deleted.
-fn history_cleanup(observed: &Observed, desired: &World) -> Vec<Action> {
+/// ReplicaSets at zero and in no color (once `actions` are made) are history; the
+/// oldest beyond `revisionHistoryLimit` are deleted.
+fn history_cleanup(observed: &Observed, desired: &World, actions: &[Action]) -> Vec<Action> {
     let limit = observed
         .spec
         .revision_history_limit
@@ -438,10 +439,27 @@ fn history_cleanup(observed: &Observed, desired: &World) -> Vec<Action> {
                 .is_some_and(|d| d.template_hash == hash)
         })
     };
+    let after_actions = |rs: &ReplicaSetView| {
+        let (mut replicas, mut color) = (rs.replicas, rs.color);
+        for action in actions {
+            if let Action::UpdateReplicaSet {
+                name,
+                color: new_color,
+                replicas: new_replicas,
+                ..
+            } = action
+                && *name == rs.name
+            {
+                replicas = new_replicas.unwrap_or(replicas);
+                color = new_color.unwrap_or(color);
+            }
+        }
+        (replicas, color)
+    };
     let mut history: Vec<&ReplicaSetView> = observed
         .replica_sets
         .iter()
-        .filter(|rs| rs.replicas == 0 && rs.color.is_none() && !in_use(&rs.hash))
+        .filter(|rs| after_actions(rs) == (0, None) && !in_use(&rs.hash))
         .collect();
     history.sort_by_key(|rs| std::cmp::Reverse(rs.revision.unwrap_or(0)));
     history

@@ -27,6 +27,23 @@ fn plural(kind: &str) -> &'static str {
     }
 }
 
+/// The rules deploy/kubernetes/rbac.yaml grants the controller: every scenario runs
+/// with them, so a call they do not allow fails the scenario with a 403.
+fn controller_rules() -> Vec<fake::Rule> {
+    let text = std::fs::read_to_string(format!(
+        "{}/../../deploy/kubernetes/rbac.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let documents: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    documents
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .flat_map(|d| d["rules"].as_array().unwrap().clone())
+        .map(|rule| serde_json::from_value(rule).unwrap())
+        .collect()
+}
+
 struct Harness {
     fake: FakeApi,
     context: Context,
@@ -63,7 +80,10 @@ impl Harness {
             Flavor::Teal
         };
         Harness {
-            context: Context::new(fake.client(), "teal-controller-0"),
+            context: Context::new(
+                fake.client_with_rules(controller_rules()),
+                "teal-controller-0",
+            ),
             fake,
             flavor,
             name: rollout["metadata"]["name"].as_str().unwrap().to_owned(),
@@ -640,8 +660,9 @@ async fn deleting_the_rollout_releases_its_services_and_finalizer() {
 async fn leadership_passes_to_the_second_replica_only_after_the_lease_expires() {
     let fake = FakeApi::default();
     let lease = Duration::from_secs(15);
-    let a = LeaseLock::new(fake.client(), "teal-system", "teal-controller", "a", lease);
-    let b = LeaseLock::new(fake.client(), "teal-system", "teal-controller", "b", lease);
+    let client = fake.client_with_rules(controller_rules());
+    let a = LeaseLock::new(client.clone(), "teal-system", "teal-controller", "a", lease);
+    let b = LeaseLock::new(client, "teal-system", "teal-controller", "b", lease);
     assert!(a.try_acquire_or_renew(T0).await.unwrap());
     assert!(!b.try_acquire_or_renew(T0 + SECOND).await.unwrap());
     assert!(a.try_acquire_or_renew(T0 + 5 * SECOND).await.unwrap());
@@ -673,4 +694,154 @@ async fn two_replicas_racing_for_an_expired_lease_cannot_both_win() {
     fake.fail_next("PUT", "leases/l", 409);
     assert!(!b.try_acquire_or_renew(T0 + 60 * SECOND).await.unwrap());
     assert!(c.try_acquire_or_renew(T0 + 60 * SECOND).await.unwrap());
+}
+
+mod cli_verbs {
+    use super::*;
+    use teal_k8s::cli;
+
+    #[tokio::test]
+    async fn promote_refuses_a_stale_revision_and_switches_the_previewed_one() {
+        let h = Harness::new("argo-bluegreen.yaml");
+        let (_, v2) = to_paused_preview(&h).await;
+        let client = h.fake.client();
+        let before = h.rollout();
+        let error = cli::promote(&client, "default", &h.name, Some(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("stale promote: revision 1 is not in preview (revision 2 is)"),
+            "{error}"
+        );
+        assert_eq!(h.rollout(), before, "a refused command writes nothing");
+
+        let said = cli::promote(&client, "default", &h.name, Some(2))
+            .await
+            .unwrap();
+        assert!(said.contains("revision 2"), "{said}");
+        assert_eq!(h.status()["pauseConditions"], Value::Null);
+        h.reconcile(T0 + 5 * SECOND).await;
+        assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+        let error = cli::promote(&client, "default", &h.name, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nothing to promote"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn abort_and_retry_go_through_the_status_as_with_kubectl_argo_rollouts() {
+        let h = Harness::new("argo-bluegreen.yaml");
+        let (v1, v2) = to_paused_preview(&h).await;
+        let client = h.fake.client();
+        cli::abort(&client, "default", &h.name).await.unwrap();
+        assert_eq!(h.status()["abort"], true);
+        h.reconcile(T0 + 4 * SECOND).await;
+        assert_eq!(h.phase(), "Degraded");
+        assert_eq!(h.selector("rollout-bluegreen-preview"), v1);
+        let error = cli::abort(&client, "default", &h.name)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("already aborted"), "{error}");
+        cli::retry(&client, "default", &h.name).await.unwrap();
+        h.reconcile(T0 + 5 * SECOND).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + 6 * SECOND).await;
+        assert_eq!(h.selector("rollout-bluegreen-preview"), v2);
+        assert_eq!(h.phase(), "Paused");
+    }
+
+    #[tokio::test]
+    async fn undo_restores_the_previous_template_and_the_switch_back_is_instant() {
+        let h = Harness::new("argo-bluegreen.yaml");
+        let (v1, v2) = to_paused_preview(&h).await;
+        h.promote();
+        h.reconcile(T0 + 5 * SECOND).await;
+        assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+        let client = h.fake.client();
+        let said = cli::undo(&client, "default", &h.name, None).await.unwrap();
+        assert!(said.contains("revision 1"), "{said}");
+        let writes = h.reconcile(T0 + 6 * SECOND).await;
+        assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+        assert!(
+            !writes.contains(&"POST replicasets".to_owned()),
+            "{writes:?}"
+        );
+        let error = cli::undo(&client, "default", &h.name, Some(9))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no ReplicaSet of revision 9"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn get_and_list_show_revisions_colors_and_routes() {
+        let h = Harness::new("argo-bluegreen.yaml");
+        let (v1, v2) = to_paused_preview(&h).await;
+        let client = h.fake.client();
+        let details = cli::get(&client, "default", &h.name).await.unwrap();
+        let text = cli::render_details(&details);
+        assert!(text.contains("Phase:     Paused"), "{text}");
+        let line = |hash: &str| {
+            text.lines()
+                .find(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains(hash))
+                .unwrap_or_else(|| panic!("no line for {hash} in\n{text}"))
+                .to_owned()
+        };
+        assert!(
+            line(&v1).contains("blue") && line(&v1).contains("active"),
+            "{text}"
+        );
+        assert!(
+            line(&v2).contains("green") && line(&v2).contains("preview"),
+            "{text}"
+        );
+        assert!(line(&v2).starts_with('2'), "{text}");
+        let listed = cli::list(&client, "default").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].phase, "Paused");
+        assert_eq!(listed[0].api_version, "argoproj.io/v1alpha1");
+        let error = cli::get(&client, "default", "nope")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("no Rollout \"nope\" in namespace \"default\""),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn old_replica_sets_beyond_revision_history_limit_are_deleted() {
+    // The Argo example keeps revisionHistoryLimit: 2.
+    let h = Harness::new("argo-bluegreen.yaml");
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    let mut at = T0 + 2 * SECOND;
+    let mut deletes = 0;
+    for version in 2..=6 {
+        h.set_image(&format!("argoproj/rollouts-demo:v{version}"));
+        h.reconcile(at).await;
+        h.fake.make_pods_available();
+        h.reconcile(at + SECOND).await;
+        h.promote();
+        h.reconcile(at + 2 * SECOND).await;
+        let writes = h.reconcile(at + 40 * SECOND).await;
+        deletes += writes
+            .iter()
+            .filter(|w| w.starts_with("DELETE replicasets/"))
+            .count();
+        at += 60 * SECOND;
+    }
+    let left = h.fake.all("replicasets");
+    let scaled_down = left.iter().filter(|rs| rs["spec"]["replicas"] == 0).count();
+    assert_eq!(scaled_down, 2, "two old revisions kept for undo");
+    assert_eq!(left.len(), 3, "and the active one");
+    assert_eq!(deletes, 3);
+    assert_eq!(h.phase(), "Healthy");
 }

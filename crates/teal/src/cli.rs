@@ -51,6 +51,17 @@ pub struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Steer a Kubernetes cluster instead of the daemon: get, list, promote, abort,
+    /// retry and undo act on its Rollouts (teal.dev and argoproj.io), as
+    /// `kubectl argo rollouts` does.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubeconfig: the context to use (default: the current one).
+    #[arg(long, global = true, requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// With --kubeconfig: the namespace (default: the context's).
+    #[arg(short, long, global = true, requires = "kubeconfig")]
+    pub namespace: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -208,6 +219,29 @@ Examples:
         #[arg(long, value_parser = parse_duration, default_value = DEFAULT_TIMEOUT, requires = "wait")]
         timeout: Duration,
     },
+    /// Run teal as a Kubernetes controller (in a cluster, or against --kubeconfig).
+    ///
+    /// Reconciles teal.dev and argoproj.io Rollouts with strategy.blueGreen while this
+    /// replica holds the leader Lease. Needs a teal built with the `kubernetes` feature.
+    #[command(after_help = "\
+Examples:
+  teal controller                          # in a pod: in-cluster config, all namespaces
+  teal controller --kubeconfig ~/.kube/config --watch-namespace shop
+  teal controller --print-crd > crd.yaml   # the teal.dev Rollout CRD")]
+    Controller {
+        /// Only Rollouts of this namespace (default: all).
+        #[arg(long)]
+        watch_namespace: Option<String>,
+        /// The namespace of the leader Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "teal-system")]
+        lease_namespace: String,
+        /// This replica's name in the Lease and in events.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Print the teal.dev Rollout CRD as YAML and exit.
+        #[arg(long)]
+        print_crd: bool,
+    },
     /// Analysis runs of a rollout: every metric, its measurements and verdict.
     #[command(after_help = "\
 Examples:
@@ -333,6 +367,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     let client = || Client::new(&data_dir, cli.api.clone(), cli.token.clone());
     let json = cli.output == Output::Json;
+    if let Command::Controller {
+        watch_namespace,
+        lease_namespace,
+        identity,
+        print_crd,
+    } = &cli.command
+    {
+        return crate::kube_cli::controller(crate::kube_cli::ControllerOptions {
+            kubeconfig: cli.kubeconfig.clone(),
+            context: cli.context.clone(),
+            watch_namespace: watch_namespace.clone(),
+            lease_namespace: lease_namespace.clone(),
+            identity: identity.clone(),
+            print_crd: *print_crd,
+        })
+        .await;
+    }
+    if let Some(kubeconfig) = &cli.kubeconfig {
+        return crate::kube_cli::run(kubeconfig, &cli, json).await;
+    }
     match cli.command {
         Command::Server => {
             let api = cli.api.as_deref().unwrap_or(crate::server::DEFAULT_API);
@@ -342,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = crate::server::ServerOptions { data_dir, api };
             crate::server::run(options, shutdown_signal()).await
         }
+        Command::Controller { .. } => unreachable!("handled above"),
         Command::Demo { exit } => crate::demo::run(exit).await,
         Command::DemoApp(options) => crate::demo_app::run(options).await,
         Command::Dashboard => {

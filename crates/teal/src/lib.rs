@@ -8,6 +8,7 @@ pub mod demo;
 pub mod demo_app;
 pub mod handoff;
 pub mod http_client;
+pub mod kube_cli;
 pub mod metrics;
 pub mod providers;
 pub mod render;

@@ -15,9 +15,28 @@ use http_body_util::BodyExt;
 use kube::client::Body;
 use serde_json::{Value, json};
 
+/// One RBAC rule: the API groups, resources (`plural` or `plural/subresource`) and
+/// verbs it allows.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// API groups; "" is the core group.
+    pub api_groups: Vec<String>,
+    /// Resources.
+    pub resources: Vec<String>,
+    /// Verbs.
+    pub verbs: Vec<String>,
+}
+
 /// One request the controller made.
 #[derive(Clone, Debug)]
 pub struct Call {
+    /// Its RBAC verb (get, list, watch, create, update, patch, delete).
+    pub verb: String,
+    /// Its API group ("" for the core group).
+    pub group: String,
+    /// Its RBAC resource: `plural` or `plural/subresource`.
+    pub resource: String,
     /// GET, POST, PUT, PATCH, DELETE.
     pub method: String,
     /// `kind/name` or `kind/name/status` (kind is the resource plural).
@@ -35,7 +54,7 @@ impl Call {
 
 #[derive(Default)]
 struct Store {
-    /// (plural, namespace, name) → object.
+    /// ("group/plural", namespace, name) → object; the core group is "".
     objects: BTreeMap<(String, String, String), Value>,
     resource_version: u64,
     calls: Vec<Call>,
@@ -50,6 +69,7 @@ pub struct FakeApi {
 }
 
 struct Path {
+    /// "group/plural".
     plural: String,
     namespace: String,
     name: Option<String>,
@@ -59,9 +79,9 @@ struct Path {
 fn parse_path(path: &str) -> Option<Path> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     // /api/v1/... or /apis/group/version/...
-    let rest = match *parts.first()? {
-        "api" => &parts[2..],
-        "apis" => &parts[3..],
+    let (group, rest) = match *parts.first()? {
+        "api" => ("", &parts[2..]),
+        "apis" => (*parts.get(1)?, &parts[3..]),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -69,7 +89,7 @@ fn parse_path(path: &str) -> Option<Path> {
         rest => (String::new(), rest),
     };
     Some(Path {
-        plural: rest.first()?.to_string(),
+        plural: format!("{group}/{}", rest.first()?),
         namespace,
         name: rest.get(1).map(|s| s.to_string()),
         subresource: rest.get(2).map(|s| s.to_string()),
@@ -115,13 +135,23 @@ fn matches_labels(object: &Value, selector: &str) -> bool {
 }
 
 impl FakeApi {
-    /// A kube Client talking to this fake.
+    /// A kube Client talking to this fake with every permission (a person's CLI).
     pub fn client(&self) -> kube::Client {
+        self.client_with(None)
+    }
+
+    /// A kube Client whose requests are checked against RBAC rules, as the API server
+    /// checks a ServiceAccount's: anything not allowed is a 403.
+    pub fn client_with_rules(&self, rules: Vec<Rule>) -> kube::Client {
+        self.client_with(Some(rules))
+    }
+
+    fn client_with(&self, rules: Option<Vec<Rule>>) -> kube::Client {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let fake = self.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
-                let response = fake.answer(request).await;
+                let response = fake.answer(request, rules.as_deref()).await;
                 send.send_response(response);
             }
         });
@@ -130,6 +160,13 @@ impl FakeApi {
 
     /// Stores an object as `kubectl apply` would create it.
     pub fn insert(&self, plural: &str, mut object: Value) {
+        let group = object["apiVersion"]
+            .as_str()
+            .and_then(|v| v.rsplit_once('/'))
+            .map_or("", |(group, _)| group)
+            .to_owned();
+        let plural = format!("{group}/{plural}");
+        let plural = plural.as_str();
         let mut store = self.store.lock().unwrap();
         store.resource_version += 1;
         let rv = store.resource_version.to_string();
@@ -147,14 +184,15 @@ impl FakeApi {
             .insert((plural.to_owned(), namespace, name), object);
     }
 
-    /// The object, if it exists.
+    /// The object of this plural (any group), if it exists.
     pub fn get(&self, plural: &str, name: &str) -> Option<Value> {
         self.store
             .lock()
             .unwrap()
             .objects
-            .get(&(plural.to_owned(), "default".to_owned(), name.to_owned()))
-            .cloned()
+            .iter()
+            .find(|((p, ns, n), _)| same_plural(p, plural) && ns == "default" && n == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// Objects of a kind.
@@ -164,7 +202,7 @@ impl FakeApi {
             .unwrap()
             .objects
             .iter()
-            .filter(|((p, _, _), _)| p == plural)
+            .filter(|((p, _, _), _)| same_plural(p, plural))
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -177,7 +215,9 @@ impl FakeApi {
         let rv = store.resource_version;
         let object = store
             .objects
-            .get_mut(&(plural.to_owned(), "default".to_owned(), name.to_owned()))
+            .iter_mut()
+            .find(|((p, ns, n), _)| same_plural(p, plural) && ns == "default" && n == name)
+            .map(|(_, v)| v)
             .unwrap_or_else(|| panic!("no {plural}/{name}"));
         let spec_before = object["spec"].clone();
         merge(object, &patch);
@@ -231,7 +271,7 @@ impl FakeApi {
         self.store.lock().unwrap().calls.clear();
     }
 
-    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+    async fn answer(&self, request: Request<Body>, rules: Option<&[Rule]>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
@@ -242,7 +282,7 @@ impl FakeApi {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let (code, answer) = self.handle(&method, &path, &query, body);
+        let (code, answer) = self.handle(&method, &path, &query, body, rules);
         Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
             .header("content-type", "application/json")
@@ -250,7 +290,14 @@ impl FakeApi {
             .unwrap()
     }
 
-    fn handle(&self, method: &Method, path: &str, query: &str, body: Value) -> (u16, Value) {
+    fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: Value,
+        rules: Option<&[Rule]>,
+    ) -> (u16, Value) {
         let Some(parsed) = parse_path(path) else {
             return status(404, "NotFound", &format!("no route {path}"));
         };
@@ -259,13 +306,48 @@ impl FakeApi {
         } else {
             parsed.namespace.clone()
         };
+        let kind = parsed.plural.rsplit('/').next().unwrap_or_default();
         let target = match (&parsed.name, &parsed.subresource) {
-            (Some(name), Some(sub)) => format!("{}/{name}/{sub}", parsed.plural),
-            (Some(name), None) => format!("{}/{name}", parsed.plural),
-            _ => parsed.plural.clone(),
+            (Some(name), Some(sub)) => format!("{kind}/{name}/{sub}"),
+            (Some(name), None) => format!("{kind}/{name}"),
+            _ => kind.to_owned(),
         };
         let mut store = self.store.lock().unwrap();
+        let verb = match (method.as_str(), &parsed.name) {
+            ("GET", None) if query.contains("watch=true") => "watch",
+            ("GET", None) => "list",
+            ("GET", Some(_)) => "get",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => "unknown",
+        };
+        let (group, kind_plural) = parsed.plural.split_once('/').unwrap_or_default();
+        let resource = match &parsed.subresource {
+            Some(sub) => format!("{kind_plural}/{sub}"),
+            None => kind_plural.to_owned(),
+        };
+        if let Some(rules) = rules {
+            let allowed = rules.iter().any(|rule| {
+                rule.api_groups.iter().any(|g| g == group)
+                    && rule.resources.contains(&resource)
+                    && rule.verbs.iter().any(|v| v == verb)
+            });
+            if !allowed {
+                return status(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "RBAC: {verb} {group}/{resource} is not allowed by deploy/kubernetes/rbac.yaml"
+                    ),
+                );
+            }
+        }
         store.calls.push(Call {
+            verb: verb.to_owned(),
+            group: group.to_owned(),
+            resource: resource.clone(),
             method: method.to_string(),
             target: target.clone(),
             body: body.clone(),
@@ -414,6 +496,11 @@ impl FakeApi {
             _ => status(405, "MethodNotAllowed", &format!("{method} {path}")),
         }
     }
+}
+
+/// "apps/replicasets" is "replicasets".
+fn same_plural(stored: &str, wanted: &str) -> bool {
+    stored == wanted || stored.rsplit('/').next() == Some(wanted)
 }
 
 fn form_value(query: &str, name: &str) -> Option<String> {
