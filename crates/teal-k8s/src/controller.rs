@@ -3,6 +3,7 @@
 //! [`crate::plan`]; this module only talks to the API server.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -13,8 +14,9 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use teal_core::Color;
-use teal_core::rollout::Millis;
+use teal_core::rollout::{Millis, Status};
 
+use crate::analysis::{self, ANALYSIS_ANNOTATION, Measurer, StoredRun};
 use crate::crd::{
     AnyRollout, COLOR_LABEL, FIELD_MANAGER, Flavor, HASH_LABEL, REVISION_ANNOTATION, ROLLOUT_LABEL,
     STATE_ANNOTATION, TEMPLATE_ANNOTATION,
@@ -42,11 +44,14 @@ pub struct Context {
     pub client: Client,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// Takes analysis measurements.
+    pub measurer: Arc<dyn Measurer>,
 }
 
 impl Context {
-    /// A context for `client`, reporting events as `instance`.
-    pub fn new(client: Client, instance: &str) -> Self {
+    /// A context for `client`, reporting events as `instance`, measuring with
+    /// `measurer`.
+    pub fn new(client: Client, instance: &str, measurer: Arc<dyn Measurer>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -54,7 +59,11 @@ impl Context {
                 instance: Some(instance.to_owned()),
             },
         );
-        Context { client, recorder }
+        Context {
+            client,
+            recorder,
+            measurer,
+        }
     }
 }
 
@@ -136,23 +145,70 @@ async fn reconcile_attempt(
     } else {
         Default::default()
     };
+    let state: Option<Status> = rollout
+        .annotations()
+        .get(STATE_ANNOTATION)
+        .and_then(|json| serde_json::from_str(json).ok());
+    let stored_run: Option<StoredRun> = rollout
+        .annotations()
+        .get(ANALYSIS_ANNOTATION)
+        .and_then(|json| serde_json::from_str(json).ok());
+    let progress = if valid {
+        analysis::advance(
+            client,
+            namespace,
+            name,
+            &rollout.spec,
+            &state.clone().unwrap_or_default(),
+            stored_run,
+            context.measurer.as_ref(),
+            now,
+        )
+        .await
+    } else {
+        analysis::Progress {
+            stored: stored_run,
+            event: None,
+            next_at: None,
+        }
+    };
     let observed = Observed {
         name: name.to_owned(),
         spec: rollout.spec.clone(),
         raw_spec,
         generation: rollout.metadata.generation,
         status: rollout.status.clone().unwrap_or_default(),
-        state: rollout
-            .annotations()
-            .get(STATE_ANNOTATION)
-            .and_then(|json| serde_json::from_str(json).ok()),
+        state,
         replica_sets: views,
         routes,
+        analysis_events: progress.event.into_iter().collect(),
         now,
     };
     let plan = plan::plan(&observed);
-    execute(context, flavor, namespace, &rollout, &routers, &plan).await?;
-    Ok(plan.requeue_after)
+    execute(
+        context,
+        flavor,
+        namespace,
+        &rollout,
+        &routers,
+        &plan,
+        &progress.stored,
+    )
+    .await?;
+    // A run the new state waits for starts at once; otherwise look again when a
+    // measurement is due or time alone changes something.
+    let starts_now = analysis::wanted(&plan.state)
+        .is_some_and(|key| progress.stored.as_ref().is_none_or(|s| s.key != key));
+    let measure_at = progress
+        .next_at
+        .filter(|_| analysis::wanted(&plan.state) == progress.stored.as_ref().map(|s| s.key))
+        .map(|at| Duration::from_millis(at.saturating_sub(now)));
+    let wakes = [
+        plan.requeue_after,
+        measure_at,
+        starts_now.then_some(Duration::ZERO),
+    ];
+    Ok(wakes.into_iter().flatten().min())
 }
 
 async fn owned_replica_sets(
@@ -221,6 +277,7 @@ async fn execute(
     rollout: &AnyRollout,
     routers: &Routers<'_>,
     plan: &Plan,
+    run: &Option<StoredRun>,
 ) -> Result<(), Error> {
     let client = &context.client;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
@@ -306,7 +363,13 @@ async fn execute(
     if needs_finalizer {
         finalizers.push(FINALIZER.to_owned());
     }
-    if rollout.annotations().get(STATE_ANNOTATION) != Some(&state) || needs_finalizer {
+    let run = run
+        .as_ref()
+        .map(|run| serde_json::to_string(run).expect("a run always serializes"));
+    if rollout.annotations().get(STATE_ANNOTATION) != Some(&state)
+        || rollout.annotations().get(ANALYSIS_ANNOTATION) != run.as_ref()
+        || needs_finalizer
+    {
         let patch = json!({
             "metadata": {
                 "resourceVersion": written.resource_version(),
@@ -314,6 +377,7 @@ async fn execute(
                 "annotations": {
                     STATE_ANNOTATION: state,
                     REVISION_ANNOTATION: plan.state.revision.to_string(),
+                    ANALYSIS_ANNOTATION: run,
                 },
             }
         });

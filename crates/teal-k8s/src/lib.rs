@@ -8,6 +8,7 @@
 //! - [`controller`] and [`routes`]: the API calls.
 //! - [`run`]: the watch loop with leader election.
 
+pub mod analysis;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -79,6 +79,8 @@ pub struct Observed {
     pub replica_sets: Vec<ReplicaSetView>,
     /// Where the routes point.
     pub routes: ObservedRoutes,
+    /// Verdicts of completed analysis runs.
+    pub analysis_events: Vec<Event>,
     /// Now.
     pub now: Millis,
 }
@@ -301,6 +303,7 @@ fn events(observed: &Observed, state: &Status, hash: &str) -> Vec<Event> {
             }),
         });
     }
+    events.extend(observed.analysis_events.iter().cloned());
     events.push(Event::TimePassed);
     events
 }

@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::Error;
+use crate::analysis::Measurer;
 use crate::controller::{self, Context, now_millis};
 use crate::crd::{AnyRollout, Flavor, ROLLOUT_LABEL};
 use crate::lease::LeaseLock;
@@ -40,7 +41,11 @@ pub struct Options {
 
 /// Runs until the process is stopped: waits for leadership, then reconciles; steps
 /// down (and stops reconciling) when a renewal fails.
-pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    options: Options,
+    measurer: Arc<dyn Measurer>,
+) -> anyhow::Result<()> {
     let lock = LeaseLock::new(
         client.clone(),
         &options.lease_namespace,
@@ -63,7 +68,11 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
             }
         }
         tracing::info!(identity = options.identity, "leading: reconciling rollouts");
-        let controllers = tokio::spawn(reconcile_all(client.clone(), options.clone()));
+        let controllers = tokio::spawn(reconcile_all(
+            client.clone(),
+            options.clone(),
+            measurer.clone(),
+        ));
         let shutdown = tokio::signal::ctrl_c();
         tokio::pin!(shutdown);
         let stepped_down = loop {
@@ -87,8 +96,8 @@ pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
 
 /// The controllers of both Rollout groups; a group whose CRD is not installed is
 /// skipped with a log line.
-async fn reconcile_all(client: Client, options: Options) {
-    let context = Arc::new(Context::new(client.clone(), &options.identity));
+async fn reconcile_all(client: Client, options: Options, measurer: Arc<dyn Measurer>) {
+    let context = Arc::new(Context::new(client.clone(), &options.identity, measurer));
     let mut tasks = Vec::new();
     for flavor in Flavor::ALL {
         let resource = flavor.api_resource();

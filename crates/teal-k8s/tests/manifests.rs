@@ -46,7 +46,18 @@ fn the_checked_in_crd_is_the_one_the_types_generate() {
 
 #[test]
 fn every_manifest_is_the_kubernetes_type_it_claims_to_be() {
-    let crd: CustomResourceDefinition = typed(&documents("crd.yaml")[0], "crd.yaml");
+    let crds = documents("crd.yaml");
+    let names: Vec<String> = crds
+        .iter()
+        .map(|d| {
+            typed::<CustomResourceDefinition>(d, "crd.yaml")
+                .metadata
+                .name
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["rollouts.teal.dev", "analysistemplates.teal.dev"]);
+    let crd: CustomResourceDefinition = typed(&crds[0], "crd.yaml");
     assert_eq!(crd.spec.group, "teal.dev");
     let version = &crd.spec.versions[0];
     assert!(version.served && version.storage);

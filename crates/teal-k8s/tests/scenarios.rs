@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use fake::FakeApi;
 use serde_json::{Value, json};
+use std::sync::Arc;
+
+use teal_k8s::analysis::{Measurer, NoProviders};
 use teal_k8s::controller::{self, Context};
 use teal_k8s::crd::Flavor;
 use teal_k8s::lease::LeaseLock;
@@ -23,6 +26,7 @@ fn plural(kind: &str) -> &'static str {
         "VirtualService" => "virtualservices",
         "DestinationRule" => "destinationrules",
         "HTTPRoute" => "httproutes",
+        "AnalysisTemplate" => "analysistemplates",
         other => panic!("no plural for {other}"),
     }
 }
@@ -63,6 +67,10 @@ impl Harness {
     }
 
     fn from_yaml(text: &str) -> Harness {
+        Harness::with_measurer(text, Arc::new(NoProviders))
+    }
+
+    fn with_measurer(text: &str, measurer: Arc<dyn Measurer>) -> Harness {
         let documents: Vec<Value> = serde_saphyr::from_str_multiple(text).unwrap();
         let fake = FakeApi::default();
         let mut rollout = None;
@@ -83,6 +91,7 @@ impl Harness {
             context: Context::new(
                 fake.client_with_rules(controller_rules()),
                 "teal-controller-0",
+                measurer,
             ),
             fake,
             flavor,
@@ -844,4 +853,163 @@ async fn old_replica_sets_beyond_revision_history_limit_are_deleted() {
     assert_eq!(left.len(), 3, "and the active one");
     assert_eq!(deletes, 3);
     assert_eq!(h.phase(), "Healthy");
+}
+
+mod analysis {
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use teal_core::analysis::{Measurement, Metric, Provider, Value as Measured};
+
+    use super::*;
+
+    /// Answers every Prometheus query with the next scripted success rate, and keeps
+    /// the queries it was sent (with their args substituted).
+    struct Scripted {
+        rates: Mutex<Vec<f64>>,
+        queries: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(rates: &[f64]) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                rates: Mutex::new(rates.iter().rev().copied().collect()),
+                queries: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl Measurer for Scripted {
+        fn measure<'a>(&'a self, metric: &'a Metric) -> BoxFuture<'a, Measurement> {
+            Box::pin(async move {
+                if let Provider::Prometheus(prometheus) = &metric.provider {
+                    self.queries.lock().unwrap().push(prometheus.query.clone());
+                }
+                match self.rates.lock().unwrap().pop() {
+                    Some(rate) => Measurement::of(Measured::List(vec![rate])),
+                    None => Measurement::failed("no more scripted answers"),
+                }
+            })
+        }
+    }
+
+    fn manifests(auto_promotion: bool) -> String {
+        let read = |file: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/manifests/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let rollout = read("argo-bluegreen.yaml").replace(
+            "      autoPromotionEnabled: false\n",
+            &format!(
+                "      autoPromotionEnabled: {auto_promotion}\n      prePromotionAnalysis:\n        templates:\n        - templateName: success-rate\n        args:\n        - name: service-name\n          value: rollout-bluegreen-preview.default.svc.cluster.local\n"
+            ),
+        );
+        format!("{rollout}\n---\n{}", read("analysis.yaml"))
+    }
+
+    /// Releases v2 to the point where it is available in preview.
+    async fn to_analysis(h: &Harness) {
+        h.reconcile(T0).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + SECOND).await;
+        h.set_image("argoproj/rollouts-demo:green");
+        h.reconcile(T0 + 2 * SECOND).await;
+        h.fake.make_pods_available();
+        // Available: the state machine enters Analyzing; the run starts at once.
+        h.reconcile(T0 + 3 * SECOND).await;
+        assert_eq!(h.phase(), "Progressing");
+    }
+
+    #[tokio::test]
+    async fn a_failed_pre_promotion_analysis_aborts_and_users_never_leave_stable() {
+        let scripted = Scripted::new(&[0.5]);
+        let h = Harness::with_measurer(&manifests(true), scripted.clone());
+        to_analysis(&h).await;
+        let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+        h.reconcile(T0 + 3 * SECOND).await;
+        assert_eq!(
+            scripted.queries.lock().unwrap()[0]
+                .matches("rollout-bluegreen-preview.default.svc.cluster.local")
+                .count(),
+            2,
+            "the rollout's args reach the query"
+        );
+        // The verdict reaches the state machine on the next reconcile.
+        h.reconcile(T0 + 4 * SECOND).await;
+        assert_eq!(h.phase(), "Degraded");
+        let message = h.status()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("success-rate") && message.contains("aborted"),
+            "{message}"
+        );
+        assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+        assert_eq!(
+            h.selector("rollout-bluegreen-preview"),
+            v1,
+            "testers back on stable"
+        );
+        assert_eq!(h.status()["abort"], true);
+        let run: Value = serde_json::from_str(
+            h.rollout()["metadata"]["annotations"]["teal.dev/analysis"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(run["run"]["metrics"][0]["phase"], "Failed", "{run}");
+    }
+
+    #[tokio::test]
+    async fn a_passing_analysis_measures_count_times_then_promotes() {
+        let scripted = Scripted::new(&[0.99, 0.98, 0.99]);
+        let h = Harness::with_measurer(&manifests(true), scripted.clone());
+        to_analysis(&h).await;
+        let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+        let mut requeue = h.try_reconcile(T0 + 3 * SECOND).await.unwrap();
+        assert_eq!(
+            requeue,
+            Some(Duration::from_secs(10)),
+            "next measurement in 10 s"
+        );
+        assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+        // A new controller (another replica took the Lease) resumes the same run.
+        let h = Harness {
+            context: Context::new(
+                h.fake.client_with_rules(controller_rules()),
+                "teal-controller-1",
+                scripted.clone(),
+            ),
+            ..h
+        };
+        for at in [13, 23] {
+            assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+            requeue = h.try_reconcile(T0 + at * SECOND).await.unwrap();
+        }
+        assert_eq!(scripted.queries.lock().unwrap().len(), 3);
+        assert!(requeue.is_some());
+        h.reconcile(T0 + 24 * SECOND).await;
+        let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+        assert_eq!(
+            h.selector("rollout-bluegreen-active"),
+            v2,
+            "promoted after analysis"
+        );
+        assert_eq!(h.phase(), "Healthy");
+    }
+
+    #[tokio::test]
+    async fn a_missing_template_is_an_analysis_error_that_names_it() {
+        let text = manifests(true).replace("templateName: success-rate", "templateName: nope");
+        let h = Harness::with_measurer(&text, Scripted::new(&[]));
+        to_analysis(&h).await;
+        h.reconcile(T0 + 4 * SECOND).await;
+        assert_eq!(h.phase(), "Degraded");
+        let message = h.status()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("AnalysisTemplate \"nope\" does not exist"),
+            "{message}"
+        );
+    }
 }

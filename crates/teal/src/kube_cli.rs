@@ -43,8 +43,12 @@ pub use enabled::{controller, run};
 #[cfg(feature = "kubernetes")]
 mod enabled {
     use std::io::{IsTerminal, Write};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use futures_util::future::BoxFuture;
+    use teal_core::analysis::{Measurement, Metric, Provider};
+    use teal_k8s::analysis::Measurer;
     use teal_k8s::cli as k8s;
 
     use super::*;
@@ -220,7 +224,30 @@ mod enabled {
                 lease_name: "teal-controller".to_owned(),
                 lease_duration: Duration::from_secs(15),
             },
+            Arc::new(Providers),
         )
         .await
+    }
+
+    /// The one-machine providers, measuring for the controller.
+    pub struct Providers;
+
+    impl Measurer for Providers {
+        fn measure<'a>(&'a self, metric: &'a Metric) -> BoxFuture<'a, Measurement> {
+            Box::pin(async move {
+                match &metric.provider {
+                    Provider::Prometheus(prometheus) => {
+                        crate::providers::prometheus(prometheus).await
+                    }
+                    Provider::Web(web) => crate::providers::web(web).await,
+                    Provider::Builtin(_) => Measurement::failed(
+                        "builtin metrics come from teal's own proxy, which does not serve this rollout on Kubernetes; use prometheus or web",
+                    ),
+                    Provider::Job(_) => Measurement::failed(
+                        "job metrics run local commands, which the controller does not do on Kubernetes; use prometheus or web",
+                    ),
+                }
+            })
+        }
     }
 }

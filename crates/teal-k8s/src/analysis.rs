@@ -1,0 +1,298 @@
+//! Analysis on Kubernetes: the same AnalysisTemplates, conditions and judging as on one
+//! machine (teal-core's [`AnalysisRun`]), driven by the reconcile loop. The run is kept
+//! on the Rollout (annotation [`ANALYSIS_ANNOTATION`]) after every measurement, so a
+//! controller that restarts, or another replica that takes the Lease, resumes it.
+//!
+//! Templates are `AnalysisTemplate` objects in the rollout's namespace, teal.dev or
+//! argoproj.io (Argo's CRD), parsed by the same parser as `teal apply`. Measuring is
+//! the caller's [`Measurer`]: the teal binary passes its prometheus and web providers.
+
+use std::path::Path;
+
+use futures_util::future::BoxFuture;
+use kube::Client;
+use kube::api::Api;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use teal_core::Color;
+use teal_core::analysis::{AnalysisRun, Measurement, Metric, Phase as AnalysisPhase, TealArgs};
+use teal_core::rollout::{AnalysisKind, Event, Millis, Revision, Stage, Status};
+use teal_core::spec::{AnalysisTemplateSpec, Document, parse_documents};
+
+use crate::crd::RolloutSpec;
+
+/// Where the current analysis run is kept on the Rollout (JSON).
+pub const ANALYSIS_ANNOTATION: &str = "teal.dev/analysis";
+
+/// Takes one measurement of a metric (a Prometheus query, a web request, ...).
+pub trait Measurer: Send + Sync {
+    /// Measures `metric` now.
+    fn measure<'a>(&'a self, metric: &'a Metric) -> BoxFuture<'a, Measurement>;
+}
+
+/// A measurer that measures nothing: every metric is an error that says why. For a
+/// controller built without providers.
+pub struct NoProviders;
+
+impl Measurer for NoProviders {
+    fn measure<'a>(&'a self, metric: &'a Metric) -> BoxFuture<'a, Measurement> {
+        Box::pin(async move {
+            Measurement::failed(format!(
+                "no {} provider in this controller",
+                metric.provider.kind()
+            ))
+        })
+    }
+}
+
+/// Which run the state machine waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunKey {
+    /// Pre- or post-promotion.
+    pub kind: AnalysisKind,
+    /// The revision analysed.
+    pub revision: Revision,
+    /// When the state machine asked for it.
+    pub since: Millis,
+    /// The color it runs in.
+    pub color: Color,
+}
+
+/// The run kept on the Rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRun {
+    /// Which run.
+    pub key: RunKey,
+    /// The run; None when it could not start.
+    pub run: Option<AnalysisRun>,
+    /// Why it could not start (a missing template, a bad arg).
+    pub error: Option<String>,
+}
+
+impl StoredRun {
+    /// The run's phase (Error when it could not start).
+    pub fn phase(&self) -> AnalysisPhase {
+        match &self.run {
+            Some(run) => run.phase(),
+            None => AnalysisPhase::Error,
+        }
+    }
+
+    /// What the state machine hears once the run is completed.
+    fn completed_event(&self) -> Option<Event> {
+        let phase = self.phase();
+        phase.is_completed().then(|| Event::AnalysisCompleted {
+            kind: self.key.kind,
+            revision: self.key.revision,
+            phase,
+            message: self
+                .error
+                .clone()
+                .or_else(|| self.run.as_ref().and_then(AnalysisRun::message))
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The run the state machine waits for in `state`, if any.
+pub fn wanted(state: &Status) -> Option<RunKey> {
+    match (&state.candidate, &state.post_analysis) {
+        (Some(candidate), _) if candidate.stage == Stage::Analyzing => Some(RunKey {
+            kind: AnalysisKind::PrePromotion,
+            revision: candidate.slot.revision,
+            since: candidate.stage_since,
+            color: candidate.slot.color,
+        }),
+        (None, Some(post)) if post.hold.is_none() => state.stable.as_ref().map(|stable| RunKey {
+            kind: AnalysisKind::PostPromotion,
+            revision: post.revision,
+            since: post.since,
+            color: stable.color,
+        }),
+        _ => None,
+    }
+}
+
+/// Where one reconcile leaves the analysis.
+pub struct Progress {
+    /// The run to keep (also kept, completed, for `teal get` once the state machine
+    /// moved on).
+    pub stored: Option<StoredRun>,
+    /// The completed run's verdict for the state machine.
+    pub event: Option<Event>,
+    /// When the next measurement is due.
+    pub next_at: Option<Millis>,
+}
+
+/// Starts, measures and judges the run `state` waits for.
+#[allow(clippy::too_many_arguments)]
+pub async fn advance(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    spec: &RolloutSpec,
+    state: &Status,
+    stored: Option<StoredRun>,
+    measurer: &dyn Measurer,
+    now: Millis,
+) -> Progress {
+    let Some(key) = wanted(state) else {
+        return Progress {
+            stored,
+            event: None,
+            next_at: None,
+        };
+    };
+    let mut current = match stored.filter(|s| s.key == key) {
+        Some(stored) => stored,
+        None => match start(client, namespace, rollout, spec, key, now).await {
+            Ok(run) => StoredRun {
+                key,
+                run: Some(run),
+                error: None,
+            },
+            Err(error) => StoredRun {
+                key,
+                run: None,
+                error: Some(error),
+            },
+        },
+    };
+    if let Some(run) = current.run.as_mut() {
+        let due: Vec<Metric> = run.due(now).into_iter().cloned().collect();
+        for metric in due {
+            let measurement = measurer.measure(&metric).await;
+            tracing::info!(
+                rollout,
+                metric = metric.name,
+                value = ?measurement.value,
+                error = ?measurement.error,
+                "measured"
+            );
+            let _ = run.record(&metric.name, &measurement, now, now);
+        }
+    }
+    Progress {
+        event: current.completed_event(),
+        next_at: current
+            .run
+            .as_ref()
+            .and_then(|run| run.next_measurement_at(now)),
+        stored: Some(current),
+    }
+}
+
+fn analysis_template(group: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, "v1alpha1", "AnalysisTemplate"),
+        "analysistemplates",
+    )
+}
+
+/// Finds an AnalysisTemplate (teal.dev, then argoproj.io) and parses it with the
+/// one-machine parser.
+async fn template(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<AnalysisTemplateSpec, String> {
+    for group in ["teal.dev", "argoproj.io"] {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &analysis_template(group));
+        let found = match api.get_opt(name).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(error) => return Err(format!("AnalysisTemplate {name:?}: {error}")),
+        };
+        let Some(object) = found else { continue };
+        let document = json!({
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AnalysisTemplate",
+            "metadata": {"name": name},
+            "spec": object.data["spec"],
+        });
+        let text = serde_saphyr::to_string(&document).map_err(|e| e.to_string())?;
+        let file = format!("{group} AnalysisTemplate {namespace}/{name}");
+        let documents =
+            parse_documents(&file, &text, Path::new("/")).map_err(|errors| errors.to_string())?;
+        return match documents.into_iter().next() {
+            Some(Document::AnalysisTemplate(template)) => Ok(template),
+            _ => Err(format!("{file} is not an AnalysisTemplate")),
+        };
+    }
+    Err(format!(
+        "AnalysisTemplate {name:?} does not exist in namespace {namespace:?}"
+    ))
+}
+
+async fn start(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    spec: &RolloutSpec,
+    key: RunKey,
+    now: Millis,
+) -> Result<AnalysisRun, String> {
+    let bg = crate::spec_check::blue_green(spec)?;
+    let analysis = match key.kind {
+        AnalysisKind::PrePromotion => bg.pre_promotion_analysis.as_ref(),
+        AnalysisKind::PostPromotion => bg.post_promotion_analysis.as_ref(),
+    }
+    .ok_or_else(|| format!("the spec no longer has {} analysis", key.kind))?;
+    let names: Vec<&str> = analysis
+        .templates
+        .iter()
+        .map(|t| t.template_name.as_str())
+        .collect();
+    let mut combined = AnalysisTemplateSpec {
+        name: names.join(","),
+        spec: serde_json::Value::Null,
+        args: Vec::new(),
+        metrics: Vec::new(),
+    };
+    for reference in &analysis.templates {
+        if reference.cluster_scope == Some(true) {
+            return Err(format!(
+                "ClusterAnalysisTemplate {:?}: cluster-scoped templates are not supported; use an AnalysisTemplate in namespace {namespace:?}",
+                reference.template_name
+            ));
+        }
+        let template = template(client, namespace, &reference.template_name).await?;
+        for metric in template.metrics {
+            if combined.metrics.iter().any(|m| m.name == metric.name) {
+                return Err(format!(
+                    "metric \"{}\" is in more than one of the templates {}",
+                    metric.name, combined.name
+                ));
+            }
+            combined.metrics.push(metric);
+        }
+        for arg in template.args {
+            if !combined.args.iter().any(|a| a.name == arg.name) {
+                combined.args.push(arg);
+            }
+        }
+    }
+    let preview_address = bg
+        .preview_service
+        .as_ref()
+        .map(|service| format!("{service}.{namespace}.svc.cluster.local"));
+    let mut supplied = TealArgs {
+        rollout: rollout.to_owned(),
+        revision: key.revision,
+        color: key.color,
+        preview_address,
+    }
+    .pairs();
+    for arg in &analysis.args {
+        let value = arg.value.clone().ok_or_else(|| {
+            format!(
+                "analysis arg {:?} has no value (valueFrom is not supported)",
+                arg.name
+            )
+        })?;
+        supplied.push((arg.name.clone(), value));
+    }
+    AnalysisRun::start(&combined, &supplied, now).map_err(|error| error.to_string())
+}
