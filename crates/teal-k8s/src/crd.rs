@@ -181,8 +181,8 @@ pub struct PodMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// teal's routers beside the Services' selectors. At most one of `istio` and
-/// `gatewayAPI`.
+/// teal's routers beside the Services' selectors. At most one of `istio`,
+/// `gatewayAPI` and `tealGateway`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficRouting {
@@ -196,6 +196,10 @@ pub struct TrafficRouting {
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway_api: Option<GatewayApiRouting>,
+    /// teal's own proxy in the cluster (`teal gateway`): it follows the Rollout and the
+    /// EndpointSlices of one Service per color, and switches per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teal_gateway: Option<TealGatewayRouting>,
     /// Which requests go to the preview through the mesh or gateway route: a cookie
     /// (`test=true` in the classic setup) or a header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +215,11 @@ pub struct IstioRouting {
     /// The DestinationRule whose `subsets` teal owns (`blue` and `green`).
     pub destination_rule: NamedRef,
 }
+
+/// `trafficRouting.tealGateway`: nothing to configure; `teal gateway` reads the rest
+/// from the Rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct TealGatewayRouting {}
 
 /// `trafficRouting.gatewayAPI`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

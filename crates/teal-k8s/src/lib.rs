@@ -12,6 +12,7 @@ pub mod analysis;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod gateway;
 pub mod lease;
 pub mod plan;
 pub mod routes;

@@ -105,6 +105,14 @@ impl Routers<'_> {
         let Some(routing) = &bg.traffic_routing else {
             return Ok(routes);
         };
+        if routing.teal_gateway.is_some() {
+            // teal gateway follows the Rollout itself; what must be right is the
+            // Service of each color it reads EndpointSlices from.
+            if !self.color_services_match(replica_sets).await? {
+                routes.active = None;
+            }
+            return Ok(routes);
+        }
         let mesh = if let Some(istio) = &routing.istio {
             Some(
                 self.observe_istio(
@@ -115,7 +123,11 @@ impl Routers<'_> {
                 .await?,
             )
         } else if let Some(gateway) = &routing.gateway_api {
-            Some(self.observe_gateway(&gateway.http_route).await?)
+            let mut observed = self.observe_gateway(&gateway.http_route).await?;
+            if !self.color_services_match(replica_sets).await? {
+                observed.active = None;
+            }
+            Some(observed)
         } else {
             None
         };
@@ -132,6 +144,25 @@ impl Routers<'_> {
             routes.preview_routed = true;
         }
         Ok(routes)
+    }
+
+    /// Every running color's Service selects that color's pod-template hash.
+    async fn color_services_match(&self, replica_sets: &[ReplicaSetView]) -> Result<bool, Error> {
+        for rs in replica_sets.iter().filter(|rs| rs.replicas > 0) {
+            let Some(color) = rs.color else { continue };
+            let service = color_service_name(self.rollout, color);
+            let selected = self
+                .services()
+                .get_opt(&service)
+                .await?
+                .and_then(|s| s.spec)
+                .and_then(|s| s.selector)
+                .and_then(|mut selector| selector.remove(HASH_LABEL));
+            if selected.as_deref() != Some(rs.hash.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     async fn selected_hash(&self, service: &str) -> Result<Option<String>, Error> {
@@ -262,7 +293,12 @@ impl Routers<'_> {
             return Ok(());
         };
         let matcher = routing.preview_match.clone().unwrap_or_default();
-        if let Some(istio) = &routing.istio {
+        if routing.teal_gateway.is_some() {
+            let ports = self.active_ports(&bg.active_service).await?;
+            for (color, hash) in running {
+                self.ensure_color_service(*color, hash, &ports).await?;
+            }
+        } else if let Some(istio) = &routing.istio {
             self.point_istio(
                 &istio.virtual_service.name,
                 &istio.destination_rule.name,
@@ -376,17 +412,7 @@ impl Routers<'_> {
         running: &BTreeMap<Color, String>,
         matcher: &crate::crd::PreviewMatch,
     ) -> Result<(), Error> {
-        let template = self.services().get_opt(active_service).await?.ok_or_else(|| {
-            Error::Missing(format!(
-                "Service {active_service:?} (spec.strategy.blueGreen.activeService) does not exist in namespace {:?}",
-                self.namespace
-            ))
-        })?;
-        let ports = template
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.clone())
-            .unwrap_or_default();
+        let ports = self.active_ports(active_service).await?;
         let port = ports.first().map_or(80, |p| p.port);
         for (color, hash) in running {
             self.ensure_color_service(*color, hash, &ports).await?;
@@ -420,6 +446,20 @@ impl Routers<'_> {
             )
             .await?;
         Ok(())
+    }
+
+    /// The ports of the active Service, which the per-color Services copy.
+    async fn active_ports(
+        &self,
+        active_service: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::ServicePort>, Error> {
+        let template = self.services().get_opt(active_service).await?.ok_or_else(|| {
+            Error::Missing(format!(
+                "Service {active_service:?} (spec.strategy.blueGreen.activeService) does not exist in namespace {:?}",
+                self.namespace
+            ))
+        })?;
+        Ok(template.spec.and_then(|s| s.ports).unwrap_or_default())
     }
 
     async fn ensure_color_service(

@@ -62,8 +62,15 @@ pub fn validate(spec: &RolloutSpec) -> Result<(), String> {
             }
             if let Some(routing) = &bg.traffic_routing {
                 let path = "spec.strategy.blueGreen.trafficRouting";
-                if routing.istio.is_some() && routing.gateway_api.is_some() {
-                    problems.push(format!("{path}: set istio or gatewayAPI, not both"));
+                let routers = [
+                    routing.istio.is_some(),
+                    routing.gateway_api.is_some(),
+                    routing.teal_gateway.is_some(),
+                ];
+                if routers.iter().filter(|set| **set).count() > 1 {
+                    problems.push(format!(
+                        "{path}: set one of istio, gatewayAPI and tealGateway"
+                    ));
                 }
                 if let Some(matcher) = &routing.preview_match
                     && matcher.cookie.is_some() == matcher.header.is_some()
@@ -126,7 +133,10 @@ pub fn policy(spec: &RolloutSpec) -> Policy {
         preview_replicas: bg
             .preview_replica_count
             .map_or(replicas, |count| count.max(0) as u32),
-        auto_promotion_enabled: bg.auto_promotion_enabled.unwrap_or(true),
+        // A person's `spec.paused` holds the rollout before the switch until a promote
+        // (which clears it, as `kubectl argo rollouts promote` does).
+        auto_promotion_enabled: bg.auto_promotion_enabled.unwrap_or(true)
+            && spec.paused != Some(true),
         auto_promotion_delay: seconds(bg.auto_promotion_seconds, 0),
         scale_down_delay: seconds(
             bg.scale_down_delay_seconds,
@@ -193,6 +203,7 @@ const BLUE_GREEN: &[(&str, Known)] = &[
                 ]),
             ),
             ("gatewayAPI", Known::Object(&[("httpRoute", Known::Leaf)])),
+            ("tealGateway", Known::Object(&[])),
             (
                 "previewMatch",
                 Known::Object(&[

@@ -34,8 +34,17 @@ fn plural(kind: &str) -> &'static str {
 /// The rules deploy/kubernetes/rbac.yaml grants the controller: every scenario runs
 /// with them, so a call they do not allow fails the scenario with a 403.
 fn controller_rules() -> Vec<fake::Rule> {
+    rules_of("rbac.yaml")
+}
+
+/// The rules deploy/kubernetes/gateway.yaml grants `teal gateway`.
+fn gateway_rules() -> Vec<fake::Rule> {
+    rules_of("gateway.yaml")
+}
+
+fn rules_of(file: &str) -> Vec<fake::Rule> {
     let text = std::fs::read_to_string(format!(
-        "{}/../../deploy/kubernetes/rbac.yaml",
+        "{}/../../deploy/kubernetes/{file}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
@@ -1011,5 +1020,175 @@ mod analysis {
             message.contains("AnalysisTemplate \"nope\" does not exist"),
             "{message}"
         );
+    }
+}
+
+mod teal_gateway {
+    use std::net::SocketAddr;
+
+    use teal_k8s::gateway;
+    use teal_proxy::{Proxy, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A pod: answers every request on a keep-alive connection with `body`.
+    async fn pod(body: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buffer.drain(..end);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// One request on an open keep-alive connection; the body of the answer.
+    async fn get(stream: &mut TcpStream, cookie: Option<&str>) -> String {
+        let cookie = cookie.map_or(String::new(), |c| format!("cookie: {c}\r\n"));
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nhost: shop\r\n{cookie}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            buffer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buffer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("a content-length");
+                if body.len() >= length {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                    return body[..length].to_owned();
+                }
+            }
+        }
+    }
+
+    fn endpoint_slice(fake: &FakeApi, service: &str, pod: SocketAddr) {
+        fake.insert(
+            "endpointslices",
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": format!("{service}-x1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [pod.ip().to_string()], "conditions": {"ready": true}},
+                              {"addresses": ["10.9.9.9"], "conditions": {"ready": false}}],
+                "ports": [{"port": pod.port(), "protocol": "TCP"}],
+            }),
+        );
+    }
+
+    #[tokio::test]
+    async fn the_gateway_switches_every_keep_alive_connection_at_the_next_request() {
+        let h = Harness::new("teal-gateway.yaml");
+        let reader = h.fake.client_with_rules(gateway_rules());
+        h.reconcile(T0).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + SECOND).await;
+        let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+        assert_eq!(
+            h.fake.get("services", "shop-blue").unwrap()["spec"]["selector"]["rollouts-pod-template-hash"],
+            v1.as_str(),
+            "the controller keeps a Service per color"
+        );
+        endpoint_slice(&h.fake, "shop-blue", pod("blue").await);
+
+        let proxy = Proxy::new("shop");
+        let sync = || async {
+            proxy.set_routes(
+                gateway::read_routes(&reader, "default", "shop")
+                    .await
+                    .unwrap(),
+            );
+        };
+        sync().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(teal_proxy::serve(
+            listener,
+            proxy.clone(),
+            Role::Active,
+            std::future::pending(),
+        ));
+        let mut user = TcpStream::connect(address).await.unwrap();
+        let mut tester = TcpStream::connect(address).await.unwrap();
+        assert_eq!(get(&mut user, None).await, "blue");
+        assert_eq!(
+            get(&mut tester, Some("test=true")).await,
+            "blue",
+            "no preview yet"
+        );
+
+        h.set_image("shop:2");
+        h.reconcile(T0 + 2 * SECOND).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + 3 * SECOND).await;
+        assert_eq!(h.phase(), "Paused");
+        endpoint_slice(&h.fake, "shop-green", pod("green").await);
+        sync().await;
+        assert_eq!(get(&mut user, None).await, "blue");
+        assert_eq!(get(&mut tester, Some("lang=en; test=true")).await, "green");
+
+        h.promote();
+        h.reconcile(T0 + 4 * SECOND).await;
+        sync().await;
+        // The same connections, the next request: the new color.
+        assert_eq!(get(&mut user, None).await, "green");
+        assert_eq!(get(&mut tester, Some("test=true")).await, "green");
+    }
+
+    #[test]
+    fn only_ready_endpoints_on_the_slice_port_are_routed() {
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "s"},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"]},
+            ],
+            "ports": [{"port": 8080}],
+        }))
+        .unwrap();
+        let addresses: Vec<String> = gateway::ready_endpoints(&[slice])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1:8080", "10.0.0.3:8080"]);
     }
 }

@@ -59,8 +59,9 @@ pub struct Cli {
     /// With --kubeconfig: the context to use (default: the current one).
     #[arg(long, global = true, requires = "kubeconfig")]
     pub context: Option<String>,
-    /// With --kubeconfig: the namespace (default: the context's).
-    #[arg(short, long, global = true, requires = "kubeconfig")]
+    /// With --kubeconfig: the namespace (default: the context's). For `gateway`, the
+    /// rollout's namespace (default: the pod's, $POD_NAMESPACE).
+    #[arg(short, long, global = true, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -242,6 +243,24 @@ Examples:
         #[arg(long)]
         print_crd: bool,
     },
+    /// Run teal's proxy in a Kubernetes cluster for one rollout (trafficRouting.tealGateway).
+    ///
+    /// Follows the Rollout and the EndpointSlices of its per-color Services and switches
+    /// every connection at its next request. Needs the `kubernetes` feature.
+    #[command(after_help = "\
+Examples:
+  teal gateway shop --listen 0.0.0.0:8080 --preview-listen 0.0.0.0:8081   # in a pod
+  teal gateway shop --kubeconfig ~/.kube/config -n shop --listen 127.0.0.1:8080")]
+    Gateway {
+        /// The rollout.
+        rollout: String,
+        /// Where users connect (testers too, with the preview cookie or header).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Where testers connect to reach the preview.
+        #[arg(long)]
+        preview_listen: Option<std::net::SocketAddr>,
+    },
     /// Analysis runs of a rollout: every metric, its measurements and verdict.
     #[command(after_help = "\
 Examples:
@@ -384,6 +403,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await;
     }
+    if let Command::Gateway {
+        rollout,
+        listen,
+        preview_listen,
+    } = &cli.command
+    {
+        return crate::kube_cli::gateway(crate::kube_cli::GatewayOptions {
+            kubeconfig: cli.kubeconfig.clone(),
+            context: cli.context.clone(),
+            namespace: cli.namespace.clone(),
+            rollout: rollout.clone(),
+            listen: *listen,
+            preview_listen: *preview_listen,
+        })
+        .await;
+    }
     if let Some(kubeconfig) = &cli.kubeconfig {
         return crate::kube_cli::run(kubeconfig, &cli, json).await;
     }
@@ -396,7 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = crate::server::ServerOptions { data_dir, api };
             crate::server::run(options, shutdown_signal()).await
         }
-        Command::Controller { .. } => unreachable!("handled above"),
+        Command::Controller { .. } | Command::Gateway { .. } => unreachable!("handled above"),
         Command::Demo { exit } => crate::demo::run(exit).await,
         Command::DemoApp(options) => crate::demo_app::run(options).await,
         Command::Dashboard => {

@@ -22,6 +22,28 @@ pub struct ControllerOptions {
     pub print_crd: bool,
 }
 
+/// `teal gateway`'s options.
+pub struct GatewayOptions {
+    /// A kubeconfig; None: in-cluster config.
+    pub kubeconfig: Option<PathBuf>,
+    /// Its context.
+    pub context: Option<String>,
+    /// The rollout's namespace.
+    pub namespace: Option<String>,
+    /// The rollout.
+    pub rollout: String,
+    /// Where users connect.
+    pub listen: std::net::SocketAddr,
+    /// Where testers connect.
+    pub preview_listen: Option<std::net::SocketAddr>,
+}
+
+/// Runs the gateway.
+#[cfg(not(feature = "kubernetes"))]
+pub async fn gateway(_options: GatewayOptions) -> anyhow::Result<()> {
+    anyhow::bail!("teal gateway: {NOT_BUILT}")
+}
+
 #[cfg(not(feature = "kubernetes"))]
 const NOT_BUILT: &str = "this teal was built without Kubernetes support; build it with `cargo build --release --features kubernetes`";
 
@@ -38,7 +60,7 @@ pub async fn controller(_options: ControllerOptions) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "kubernetes")]
-pub use enabled::{controller, run};
+pub use enabled::{controller, gateway, run};
 
 #[cfg(feature = "kubernetes")]
 mod enabled {
@@ -56,6 +78,19 @@ mod enabled {
 
     /// Runs a command of the CLI against the cluster `kubeconfig` names.
     pub async fn run(kubeconfig: &Path, cli: &Cli, json: bool) -> anyhow::Result<()> {
+        if !matches!(
+            cli.command,
+            Command::List
+                | Command::Get { .. }
+                | Command::Promote { .. }
+                | Command::Abort { .. }
+                | Command::Retry { .. }
+                | Command::Undo { .. }
+        ) {
+            anyhow::bail!(
+                "--kubeconfig works with get, list, promote, abort, retry and undo; this command runs against the local daemon only"
+            );
+        }
         let (client, namespace) =
             k8s::connect(kubeconfig, cli.context.clone(), cli.namespace.clone()).await?;
         let ns = namespace.as_str();
@@ -164,9 +199,7 @@ mod enabled {
                 }
                 Ok(())
             }
-            _ => anyhow::bail!(
-                "--kubeconfig works with get, list, promote, abort, retry and undo; this command runs against the local daemon only"
-            ),
+            _ => unreachable!("checked above"),
         }
     }
 
@@ -225,6 +258,31 @@ mod enabled {
                 lease_duration: Duration::from_secs(15),
             },
             Arc::new(Providers),
+        )
+        .await
+    }
+
+    /// Runs `teal gateway` until Ctrl-C.
+    pub async fn gateway(options: GatewayOptions) -> anyhow::Result<()> {
+        let (client, namespace) = match &options.kubeconfig {
+            Some(path) => {
+                k8s::connect(path, options.context.clone(), options.namespace.clone()).await?
+            }
+            None => {
+                let client = kube::Client::try_default().await?;
+                let namespace = options
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned());
+                (client, namespace)
+            }
+        };
+        teal_k8s::gateway::run(
+            client,
+            namespace,
+            options.rollout,
+            options.listen,
+            options.preview_listen,
         )
         .await
     }
