@@ -25,6 +25,15 @@ use crate::plan::{self, Action, Observed, Plan, ReplicaSetView};
 use crate::routes::Routers;
 use crate::{Error, spec_check};
 
+/// Merge patches (ReplicaSets teal owns, the Rollout's annotations with the
+/// resourceVersion they were decided on), written as teal's one field manager.
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// The finalizer teal puts on Rollouts, so Services are handed back on delete.
 pub const FINALIZER: &str = "teal.dev/cleanup";
 /// Attempts of one reconcile when the Rollout changed under it (409 Conflict).
@@ -121,7 +130,7 @@ async fn reconcile_attempt(
                 "observedGeneration": object.metadata.generation.map(|g| g.to_string()),
             }});
             if object.data["status"]["message"] != json!(message) {
-                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                api.patch_status(name, &merge_params(), &Patch::Merge(&patch))
                     .await?;
             }
             return Ok(None);
@@ -331,7 +340,7 @@ async fn execute(
                         json!({ REVISION_ANNOTATION: revision.to_string() });
                 }
                 replica_sets
-                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(name, &merge_params(), &Patch::Merge(&patch))
                     .await?;
             }
             Action::DeleteReplicaSet { name } => {
@@ -381,7 +390,7 @@ async fn execute(
                 },
             }
         });
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        api.patch(&name, &merge_params(), &Patch::Merge(&patch))
             .await?;
     }
 
@@ -484,7 +493,7 @@ async fn release(
         for service in std::iter::once(&bg.active_service).chain(bg.preview_service.as_ref()) {
             if services.get_opt(service).await?.is_some() {
                 services
-                    .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(service, &merge_params(), &Patch::Merge(&patch))
                     .await?;
             }
         }
@@ -496,12 +505,8 @@ async fn release(
         .collect();
     if finalizers.len() != rollout.finalizers().len() {
         let patch = json!({"metadata": {"finalizers": finalizers}});
-        api.patch(
-            &rollout.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        api.patch(&rollout.name_any(), &merge_params(), &Patch::Merge(&patch))
+            .await?;
     }
     Ok(())
 }

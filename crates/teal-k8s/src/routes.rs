@@ -327,12 +327,16 @@ impl Routers<'_> {
         if self.selected_hash(service).await?.as_deref() == Some(hash) {
             return Ok(());
         }
+        // Server-side apply of the two fields teal owns; the person's own fields (the
+        // rest of the selector, the ports) stay theirs.
         let patch = json!({
-            "metadata": {"annotations": {MANAGED_BY_ANNOTATION: self.rollout}},
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "annotations": {MANAGED_BY_ANNOTATION: self.rollout}},
             "spec": {"selector": {HASH_LABEL: hash}},
         });
         self.services()
-            .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(service, &apply_params(), &Patch::Apply(&patch))
             .await?;
         Ok(())
     }
@@ -365,8 +369,13 @@ impl Routers<'_> {
             self.dynamic(&destination_rule())
                 .patch(
                     destination_rule_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": {"subsets": subsets}})),
+                    &apply_params(),
+                    &Patch::Apply(&json!({
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "DestinationRule",
+                        "metadata": {"name": destination_rule_name},
+                        "spec": {"subsets": subsets},
+                    })),
                 )
                 .await?;
         }
@@ -396,8 +405,13 @@ impl Routers<'_> {
         self.dynamic(&virtual_service())
             .patch(
                 virtual_service_name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"http": http}})),
+                &apply_params(),
+                &Patch::Apply(&json!({
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "VirtualService",
+                    "metadata": {"name": virtual_service_name},
+                    "spec": {"http": http},
+                })),
             )
             .await?;
         Ok(())
@@ -441,8 +455,13 @@ impl Routers<'_> {
         self.dynamic(&http_route())
             .patch(
                 route_name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"rules": rules}})),
+                &apply_params(),
+                &Patch::Apply(&json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "HTTPRoute",
+                    "metadata": {"name": route_name},
+                    "spec": {"rules": rules},
+                })),
             )
             .await?;
         Ok(())
@@ -478,9 +497,14 @@ impl Routers<'_> {
                 Ok(())
             }
             Some(_) => {
-                let patch = json!({"spec": {"selector": {HASH_LABEL: hash}}});
+                let patch = json!({
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": name},
+                    "spec": {"selector": {HASH_LABEL: hash}},
+                });
                 self.services()
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &apply_params(), &Patch::Apply(&patch))
                     .await?;
                 Ok(())
             }
@@ -503,6 +527,12 @@ impl Routers<'_> {
             }
         }
     }
+}
+
+/// Server-side apply as teal's one field manager, taking over the fields teal owns
+/// (a route's rules, a selector's hash) from whoever wrote them first.
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
 }
 
 /// Istio's and Gateway API's way to match one cookie: a regular expression over the

@@ -254,7 +254,7 @@ async fn an_argo_manifest_goes_through_first_deploy_preview_promotion_and_scale_
     h.fake.make_pods_available();
     let writes = h.reconcile(T0 + SECOND).await;
     assert!(
-        writes.contains(&"PATCH services/rollout-bluegreen-active".to_owned()),
+        writes.contains(&"APPLY(teal-controller) services/rollout-bluegreen-active".to_owned()),
         "{writes:?}"
     );
     assert_eq!(h.selector("rollout-bluegreen-active"), v1);
@@ -276,7 +276,7 @@ async fn an_argo_manifest_goes_through_first_deploy_preview_promotion_and_scale_
         writes[..2],
         [
             "POST replicasets".to_owned(),
-            "PATCH services/rollout-bluegreen-preview".to_owned()
+            "APPLY(teal-controller) services/rollout-bluegreen-preview".to_owned()
         ]
     );
     assert_eq!(
@@ -303,7 +303,7 @@ async fn an_argo_manifest_goes_through_first_deploy_preview_promotion_and_scale_
     h.promote();
     let writes = h.reconcile(T0 + 5 * SECOND).await;
     assert!(
-        writes.contains(&"PATCH services/rollout-bluegreen-active".to_owned()),
+        writes.contains(&"APPLY(teal-controller) services/rollout-bluegreen-active".to_owned()),
         "{writes:?}"
     );
     assert_eq!(h.selector("rollout-bluegreen-active"), v2);
@@ -585,7 +585,7 @@ async fn istio_routes_testers_with_the_cookie_to_the_preview_subset() {
     h.promote();
     let writes = h.reconcile(T0 + 4 * SECOND).await;
     assert!(
-        writes.contains(&"PATCH virtualservices/shop".to_owned()),
+        writes.contains(&"APPLY(teal-controller) virtualservices/shop".to_owned()),
         "{writes:?}"
     );
     let http = h.fake.get("virtualservices", "shop").unwrap()["spec"]["http"].clone();

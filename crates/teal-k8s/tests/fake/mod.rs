@@ -275,6 +275,12 @@ impl FakeApi {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
+        let content_type = request
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let bytes = request
             .into_body()
             .collect()
@@ -282,7 +288,30 @@ impl FakeApi {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let (code, answer) = self.handle(&method, &path, &query, body, rules);
+        // Server-side apply, checked as the API server checks it.
+        let (code, answer) = if content_type == "application/apply-patch+yaml"
+            && (form_value(&query, "fieldManager").is_none()
+                || body["apiVersion"].is_null()
+                || body["kind"].is_null()
+                || body["metadata"]["name"].is_null())
+        {
+            status(
+                422,
+                "Invalid",
+                "apply needs fieldManager, apiVersion, kind and metadata.name",
+            )
+        } else {
+            self.handle(&method, &path, &query, body, rules)
+        };
+        if content_type == "application/apply-patch+yaml" && code < 300 {
+            let mut store = self.store.lock().unwrap();
+            if let Some(call) = store.calls.last_mut() {
+                call.method = format!(
+                    "APPLY({})",
+                    form_value(&query, "fieldManager").unwrap_or_default()
+                );
+            }
+        }
         Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
             .header("content-type", "application/json")
