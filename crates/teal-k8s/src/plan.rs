@@ -50,12 +50,15 @@ pub struct ReplicaSetView {
 }
 
 /// Where the routes point now, as colors; None where they point at nothing teal runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedRoutes {
     /// Where users go.
     pub active: Option<Color>,
     /// Where testers go; None when it is the active color.
     pub preview: Option<Color>,
+    /// The pod-template hash the active Service selects, whatever runs it (a
+    /// ReplicaSet another controller made, before teal adopts it).
+    pub active_hash: Option<String>,
     /// There is a preview route at all (a preview Service, a mesh or gateway route).
     pub preview_routed: bool,
 }
@@ -218,9 +221,15 @@ pub fn plan(observed: &Observed) -> Plan {
     let desired = state.world(&policy);
     let actions = actions(observed, &desired);
     let status = status_of(observed, &state, &policy, &desired, &hash, &unsupported);
-    let requeue_after = state
-        .next_wake(&policy)
-        .map(|wake| Duration::from_millis(wake.saturating_sub(observed.now)));
+    let adopted = adoptable(observed, &previous).is_some();
+    let requeue_after = if adopted {
+        // The spec's own template comes next.
+        Some(Duration::ZERO)
+    } else {
+        state
+            .next_wake(&policy)
+            .map(|wake| Duration::from_millis(wake.saturating_sub(observed.now)))
+    };
     Plan {
         state,
         actions,
@@ -242,9 +251,39 @@ fn reason_of(event: &Event) -> &'static str {
     }
 }
 
+/// A ReplicaSet this Rollout owns that users are on although teal never released it
+/// (Argo Rollouts did, before teal took over): the first revision teal knows.
+fn adoptable(observed: &Observed, state: &Status) -> Option<ReplicaSetView> {
+    if state.revision != 0 {
+        return None;
+    }
+    let selected = observed.routes.active_hash.as_deref()?;
+    observed
+        .replica_sets
+        .iter()
+        .find(|rs| rs.hash == selected && rs.replicas > 0 && rs.color.is_none())
+        .cloned()
+}
+
 /// The events one observation brings, in the order the state machine takes them.
 fn events(observed: &Observed, state: &Status, hash: &str) -> Vec<Event> {
     let mut events = Vec::new();
+    if let Some(live) = adoptable(observed, state) {
+        // Adopted as it runs, in blue, without a restart; the spec's template (if it
+        // differs) is released normally at the next reconcile.
+        events.push(Event::Applied {
+            revision: live.revision.unwrap_or(1),
+            template_hash: live.hash.clone(),
+        });
+        events.push(Event::Observed {
+            color: Color::Blue,
+            template_hash: live.hash.clone(),
+            ready: live.available,
+            problem: None,
+        });
+        events.push(Event::TimePassed);
+        return events;
+    }
     let newest = state
         .candidate
         .as_ref()
@@ -420,6 +459,28 @@ fn actions(observed: &Observed, desired: &World) -> Vec<Action> {
                     });
                 }
             }
+        }
+    }
+    // Pods of a ReplicaSet in no color that nothing wants (a preview another controller
+    // left behind) are scaled away.
+    let wanted = |hash: &str| {
+        Color::ALL.iter().any(|c| {
+            desired
+                .deployment(*c)
+                .is_some_and(|d| d.template_hash == hash)
+        })
+    };
+    for rs in &observed.replica_sets {
+        let touched = actions.iter().any(
+            |action| matches!(action, Action::UpdateReplicaSet { name, .. } if *name == rs.name),
+        );
+        if rs.color.is_none() && rs.replicas > 0 && !wanted(&rs.hash) && !touched {
+            actions.push(Action::UpdateReplicaSet {
+                name: rs.name.clone(),
+                color: None,
+                replicas: Some(0),
+                revision: None,
+            });
         }
     }
     let cleanup = history_cleanup(observed, desired, &actions);

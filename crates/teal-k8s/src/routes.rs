@@ -90,6 +90,7 @@ impl Routers<'_> {
         };
         let active_hash = self.selected_hash(&bg.active_service).await?;
         let active = color_of(active_hash.as_deref());
+        let active_hash = active_hash.clone();
         let preview = match &bg.preview_service {
             Some(service) => {
                 let hash = self.selected_hash(service).await?;
@@ -100,6 +101,7 @@ impl Routers<'_> {
         let mut routes = ObservedRoutes {
             active,
             preview,
+            active_hash,
             preview_routed: bg.preview_service.is_some(),
         };
         let Some(routing) = &bg.traffic_routing else {
@@ -239,6 +241,7 @@ impl Routers<'_> {
         Ok(ObservedRoutes {
             active: route_color(ACTIVE_ROUTE),
             preview: route_color(PREVIEW_ROUTE),
+            active_hash: None,
             preview_routed: true,
         })
     }
@@ -269,6 +272,7 @@ impl Routers<'_> {
                 .find(|r| !is_preview(r))
                 .and_then(color_of_rule),
             preview: rules.iter().find(|r| is_preview(r)).and_then(color_of_rule),
+            active_hash: None,
             preview_routed: true,
         })
     }

@@ -1192,3 +1192,85 @@ mod teal_gateway {
         assert_eq!(addresses, ["10.0.0.1:8080", "10.0.0.3:8080"]);
     }
 }
+
+#[tokio::test]
+async fn a_rollout_argo_was_running_is_adopted_without_a_restart_then_released() {
+    // Argo Rollouts ran revision 3 (hash 6d4f8c9b7, live) and left revision 2's
+    // preview ReplicaSet running; its controller is gone and teal takes over.
+    let mut text = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    text = text.replacen(
+        "  namespace: default\n",
+        "  namespace: default\n  uid: argo-rollout-uid\n",
+        1,
+    );
+    let h = Harness::from_yaml(&text);
+    let argo_rs = |hash: &str, revision: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {
+                "name": format!("rollout-bluegreen-{hash}"), "namespace": "default",
+                "labels": {"app": "rollout-bluegreen", "rollouts-pod-template-hash": hash},
+                "annotations": {"rollout.argoproj.io/revision": revision},
+                "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                                     "name": "rollout-bluegreen", "uid": "argo-rollout-uid",
+                                     "controller": true}],
+            },
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "rollout-bluegreen", "rollouts-pod-template-hash": hash}},
+                     "template": {"metadata": {"labels": {"app": "rollout-bluegreen", "rollouts-pod-template-hash": hash}},
+                                  "spec": {"containers": [{"name": "rollouts-demo", "image": "argoproj/rollouts-demo:blue"}]}}},
+            "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2},
+        })
+    };
+    h.fake.insert("replicasets", argo_rs("6d4f8c9b7", "3"));
+    h.fake.insert("replicasets", argo_rs("5b8f7d6c4", "2"));
+    for service in ["rollout-bluegreen-active", "rollout-bluegreen-preview"] {
+        h.fake.edit(
+            "services",
+            service,
+            json!({"spec": {"selector": {"rollouts-pod-template-hash": "6d4f8c9b7"}}}),
+        );
+    }
+
+    let writes = h.reconcile(T0).await;
+    assert!(
+        !writes.contains(&"POST replicasets".to_owned()),
+        "{writes:?}"
+    );
+    let live = h
+        .fake
+        .get("replicasets", "rollout-bluegreen-6d4f8c9b7")
+        .unwrap();
+    assert_eq!(live["metadata"]["labels"]["teal.dev/color"], "blue");
+    assert_eq!(live["spec"]["replicas"], 2);
+    assert_eq!(h.selector("rollout-bluegreen-active"), "6d4f8c9b7");
+    assert_eq!(h.status()["stableRS"], "6d4f8c9b7");
+    assert_eq!(h.phase(), "Healthy");
+    assert_eq!(
+        h.fake
+            .get("replicasets", "rollout-bluegreen-5b8f7d6c4")
+            .unwrap()["spec"]["replicas"],
+        0,
+        "the preview Argo left running is scaled away"
+    );
+
+    // teal's own hash of the same template differs from Argo's: released blue-green as
+    // revision 4, users stay on the adopted pods until the promote.
+    h.reconcile(T0 + SECOND).await;
+    let v4 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+    assert_ne!(v4, "6d4f8c9b7");
+    assert_eq!(h.selector("rollout-bluegreen-preview"), v4);
+    assert_eq!(h.selector("rollout-bluegreen-active"), "6d4f8c9b7");
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 2 * SECOND).await;
+    h.promote();
+    h.reconcile(T0 + 3 * SECOND).await;
+    assert_eq!(h.selector("rollout-bluegreen-active"), v4);
+    assert_eq!(
+        h.rollout()["metadata"]["annotations"]["rollout.argoproj.io/revision"],
+        "4"
+    );
+}
