@@ -39,13 +39,38 @@ pub struct Options {
     pub lease_duration: Duration,
 }
 
-/// Runs until the process is stopped: waits for leadership, then reconciles; steps
-/// down (and stops reconciling) when a renewal fails.
+/// Runs until Ctrl-C (or SIGTERM's default): waits for leadership, then reconciles;
+/// steps down (and stops reconciling) when a renewal fails.
 pub async fn run(
     client: Client,
     options: Options,
     measurer: Arc<dyn Measurer>,
 ) -> anyhow::Result<()> {
+    run_until(client, options, measurer, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Aborts a task when dropped: the reconcilers never outlive the leadership (or the
+/// process's main task) they ran under.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Like [`run`], until `shutdown` completes; then gives the Lease up so another
+/// replica takes over at once.
+pub async fn run_until(
+    client: Client,
+    options: Options,
+    measurer: Arc<dyn Measurer>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
     let lock = LeaseLock::new(
         client.clone(),
         &options.lease_namespace,
@@ -55,26 +80,25 @@ pub async fn run(
     );
     let renew_every = options.lease_duration / 3;
     loop {
-        match lock.try_acquire_or_renew(now_millis()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tokio::time::sleep(renew_every).await;
-                continue;
-            }
+        let leading = match lock.try_acquire_or_renew(now_millis()).await {
+            Ok(leading) => leading,
             Err(error) => {
                 tracing::warn!(%error, "leader election failed");
-                tokio::time::sleep(renew_every).await;
-                continue;
+                false
+            }
+        };
+        if !leading {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(renew_every) => continue,
             }
         }
         tracing::info!(identity = options.identity, "leading: reconciling rollouts");
-        let controllers = tokio::spawn(reconcile_all(
+        let controllers = AbortOnDrop(tokio::spawn(reconcile_all(
             client.clone(),
             options.clone(),
             measurer.clone(),
-        ));
-        let shutdown = tokio::signal::ctrl_c();
-        tokio::pin!(shutdown);
+        )));
         let stepped_down = loop {
             tokio::select! {
                 _ = &mut shutdown => break false,
@@ -85,7 +109,7 @@ pub async fn run(
                 Ok(false) | Err(_) => break true,
             }
         };
-        controllers.abort();
+        drop(controllers);
         if !stepped_down {
             let _ = lock.release().await;
             return Ok(());
@@ -118,7 +142,7 @@ async fn reconcile_all(client: Client, options: Options, measurer: Arc<dyn Measu
             None => Api::all(client.clone()),
         };
         let context = context.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(AbortOnDrop(tokio::spawn(async move {
             Controller::new_with(api, watcher::Config::default(), resource)
                 .owns_with(
                     replica_sets,
@@ -135,10 +159,10 @@ async fn reconcile_all(client: Client, options: Options, measurer: Arc<dyn Measu
                 )
                 .for_each(|_| async {})
                 .await;
-        }));
+        })));
     }
-    for task in tasks {
-        let _ = task.await;
+    for task in &mut tasks {
+        let _ = (&mut task.0).await;
     }
 }
 

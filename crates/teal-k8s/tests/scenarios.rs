@@ -1274,3 +1274,87 @@ async fn a_rollout_argo_was_running_is_adopted_without_a_restart_then_released()
         "4"
     );
 }
+
+mod running_controller {
+    use teal_k8s::run::{Options, run_until};
+
+    use super::*;
+
+    fn options(identity: &str) -> Options {
+        Options {
+            namespace: Some("default".to_owned()),
+            identity: identity.to_owned(),
+            lease_namespace: "teal-system".to_owned(),
+            lease_name: "teal-controller".to_owned(),
+            lease_duration: Duration::from_secs(2),
+        }
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn holder(fake: &FakeApi) -> String {
+        fake.get_in("leases", "teal-system", "teal-controller")
+            .map(|lease| {
+                lease["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The real watch loop (kube-runtime's Controller over both Rollout groups and the
+    /// ReplicaSets they own), leader election with two replicas, and a crash of the
+    /// leader: the other one carries on after the Lease expires.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watches_drive_the_cycle_and_a_second_replica_takes_over_when_the_leader_dies() {
+        let h = Harness::new("argo-bluegreen.yaml");
+        let fake = h.fake.clone();
+        let replica = |identity: &'static str| {
+            let client = fake.client_with_rules(controller_rules());
+            tokio::spawn(run_until(
+                client,
+                options(identity),
+                Arc::new(NoProviders),
+                std::future::pending(),
+            ))
+        };
+        let a = replica("a");
+        eventually("a leads", || holder(&fake) == "a").await;
+        let b = replica("b");
+        // A new Rollout is seen through the watch: its ReplicaSet appears.
+        eventually("a ReplicaSet", || fake.all("replicasets").len() == 1).await;
+        // Pods become available: the ReplicaSet watch wakes the Rollout up.
+        fake.make_pods_available();
+        eventually("the active Service points at revision 1", || {
+            !h.selector("rollout-bluegreen-active").is_empty()
+        })
+        .await;
+        assert_eq!(holder(&fake), "a", "b waits while a renews");
+
+        // The leader dies without a word; b takes the Lease once it expires and acts
+        // on the next change.
+        a.abort();
+        h.set_image("argoproj/rollouts-demo:green");
+        eventually("b leads", || holder(&fake) == "b").await;
+        eventually("the new revision's ReplicaSet", || {
+            fake.all("replicasets").len() == 2
+        })
+        .await;
+        fake.make_pods_available();
+        eventually("paused for a promote", || h.phase() == "Paused").await;
+        h.promote();
+        let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+        eventually("promoted", || h.selector("rollout-bluegreen-active") == v2).await;
+        b.abort();
+    }
+}

@@ -10,9 +10,21 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use kube::client::Body;
+use tokio::sync::mpsc;
+
+/// What the fake answers: a JSON document, or a watch's events.
+enum Answer {
+    Json(Value),
+    Watch(mpsc::UnboundedReceiver<Value>),
+}
 use serde_json::{Value, json};
 
 /// One RBAC rule: the API groups, resources (`plural` or `plural/subresource`) and
@@ -52,10 +64,22 @@ impl Call {
     }
 }
 
+/// The body of every answer: whole, or a stream of watch events.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// One open watch: objects of a kind (in a namespace, or all), by label selector.
+struct Watch {
+    plural: String,
+    namespace: Option<String>,
+    selector: String,
+    events: mpsc::UnboundedSender<Value>,
+}
+
 #[derive(Default)]
 struct Store {
     /// ("group/plural", namespace, name) → object; the core group is "".
     objects: BTreeMap<(String, String, String), Value>,
+    watches: Vec<Watch>,
     resource_version: u64,
     calls: Vec<Call>,
     /// Answer the next request matching (method, target) with this status code.
@@ -134,6 +158,39 @@ fn matches_labels(object: &Value, selector: &str) -> bool {
     })
 }
 
+impl Store {
+    /// Stores an object and tells the watches (ADDED or MODIFIED).
+    fn put(&mut self, key: (String, String, String), object: Value) {
+        let kind = if self.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.notify(&key, kind, &object);
+        self.objects.insert(key, object);
+    }
+
+    /// Removes an object and tells the watches.
+    fn remove(&mut self, key: &(String, String, String)) {
+        if let Some(object) = self.objects.remove(key) {
+            self.notify(key, "DELETED", &object);
+        }
+    }
+
+    fn notify(&mut self, key: &(String, String, String), kind: &str, object: &Value) {
+        self.watches.retain(|watch| {
+            let matches = watch.plural == key.0
+                && watch.namespace.as_ref().is_none_or(|ns| *ns == key.1)
+                && matches_labels(object, &watch.selector);
+            !matches
+                || watch
+                    .events
+                    .send(json!({"type": kind, "object": object}))
+                    .is_ok()
+        });
+    }
+}
+
 impl FakeApi {
     /// A kube Client talking to this fake with every permission (a person's CLI).
     pub fn client(&self) -> kube::Client {
@@ -147,7 +204,8 @@ impl FakeApi {
     }
 
     fn client_with(&self, rules: Option<Vec<Rule>>) -> kube::Client {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
         let fake = self.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
@@ -179,9 +237,7 @@ impl FakeApi {
             meta["uid"] = json!(format!("uid-{plural}-{rv}"));
         }
         let name = meta["name"].as_str().unwrap().to_owned();
-        store
-            .objects
-            .insert((plural.to_owned(), namespace, name), object);
+        store.put((plural.to_owned(), namespace, name), object);
     }
 
     /// The object of this plural (any group), if it exists.
@@ -192,6 +248,17 @@ impl FakeApi {
             .objects
             .iter()
             .find(|((p, ns, n), _)| same_plural(p, plural) && ns == "default" && n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The object of this plural (any group) in a namespace, if it exists.
+    pub fn get_in(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .find(|((p, ns, n), _)| same_plural(p, plural) && ns == namespace && n == name)
             .map(|(_, v)| v.clone())
     }
 
@@ -213,19 +280,20 @@ impl FakeApi {
         let mut store = self.store.lock().unwrap();
         store.resource_version += 1;
         let rv = store.resource_version;
-        let object = store
+        let (key, mut object) = store
             .objects
-            .iter_mut()
+            .iter()
             .find(|((p, ns, n), _)| same_plural(p, plural) && ns == "default" && n == name)
-            .map(|(_, v)| v)
+            .map(|(k, v)| (k.clone(), v.clone()))
             .unwrap_or_else(|| panic!("no {plural}/{name}"));
         let spec_before = object["spec"].clone();
-        merge(object, &patch);
+        merge(&mut object, &patch);
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         if object["spec"] != spec_before {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
             object["metadata"]["generation"] = json!(generation + 1);
         }
+        store.put(key, object);
     }
 
     /// What the ReplicaSet controller and kubelet would do: every ReplicaSet gets all
@@ -271,7 +339,11 @@ impl FakeApi {
         self.store.lock().unwrap().calls.clear();
     }
 
-    async fn answer(&self, request: Request<Body>, rules: Option<&[Rule]>) -> Response<Body> {
+    async fn answer(
+        &self,
+        request: Request<Body>,
+        rules: Option<&[Rule]>,
+    ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
@@ -289,19 +361,23 @@ impl FakeApi {
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // Server-side apply, checked as the API server checks it.
-        let (code, answer) = if content_type == "application/apply-patch+yaml"
+        let (code, answer): (u16, Answer) = if content_type == "application/apply-patch+yaml"
             && (form_value(&query, "fieldManager").is_none()
                 || body["apiVersion"].is_null()
                 || body["kind"].is_null()
                 || body["metadata"]["name"].is_null())
         {
-            status(
+            let (code, value) = status(
                 422,
                 "Invalid",
                 "apply needs fieldManager, apiVersion, kind and metadata.name",
-            )
+            );
+            (code, Answer::Json(value))
+        } else if method == Method::GET && query.contains("watch=true") {
+            self.watch(&path, &query, rules)
         } else {
-            self.handle(&method, &path, &query, body, rules)
+            let (code, value) = self.handle(&method, &path, &query, body, rules);
+            (code, Answer::Json(value))
         };
         if content_type == "application/apply-patch+yaml" && code < 300 {
             let mut store = self.store.lock().unwrap();
@@ -312,11 +388,63 @@ impl FakeApi {
                 );
             }
         }
+        let body = match answer {
+            // A watch: one JSON event per line, for as long as the client listens.
+            Answer::Watch(events) => {
+                let lines = futures_util::stream::unfold(events, |mut events| async move {
+                    let event = events.recv().await?;
+                    let mut line = serde_json::to_vec(&event).unwrap();
+                    line.push(b'\n');
+                    Some((Ok(Frame::data(Bytes::from(line))), events))
+                });
+                StreamBody::new(lines).boxed_unsync()
+            }
+            Answer::Json(value) => {
+                Full::new(Bytes::from(serde_json::to_vec(&value).unwrap())).boxed_unsync()
+            }
+        };
         Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
             .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+            .body(body)
             .unwrap()
+    }
+
+    /// Opens a watch: events of every later change (the client listed first).
+    fn watch(&self, path: &str, query: &str, rules: Option<&[Rule]>) -> (u16, Answer) {
+        let parsed = parse_path(path).expect("a watch path");
+        let (group, resource) = parsed.plural.split_once('/').unwrap_or_default();
+        if let Some(rules) = rules
+            && !rules.iter().any(|rule| {
+                rule.api_groups.iter().any(|g| g == group)
+                    && rule.resources.iter().any(|r| r == resource)
+                    && rule.verbs.iter().any(|v| v == "watch")
+            })
+        {
+            let (code, value) = status(
+                403,
+                "Forbidden",
+                &format!("RBAC: watch {group}/{resource} is not allowed"),
+            );
+            return (code, Answer::Json(value));
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut store = self.store.lock().unwrap();
+        store.calls.push(Call {
+            verb: "watch".to_owned(),
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            method: "WATCH".to_owned(),
+            target: resource.to_owned(),
+            body: Value::Null,
+        });
+        store.watches.push(Watch {
+            plural: parsed.plural,
+            namespace: (!parsed.namespace.is_empty()).then_some(parsed.namespace),
+            selector: form_value(query, "labelSelector").unwrap_or_default(),
+            events: sender,
+        });
+        (200, Answer::Watch(receiver))
     }
 
     fn handle(
@@ -439,7 +567,7 @@ impl FakeApi {
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
                 object["metadata"]["uid"] = json!(format!("uid-{}-{rv}", parsed.plural));
                 object["metadata"]["generation"] = json!(1);
-                store.objects.insert(key(&name), object.clone());
+                store.put(key(&name), object.clone());
                 (201, object)
             }
             ("PUT", Some(name)) | ("PATCH", Some(name)) => {
@@ -497,9 +625,9 @@ impl FakeApi {
                         .as_array()
                         .is_none_or(|f| f.is_empty())
                 {
-                    store.objects.remove(&key(name));
+                    store.remove(&key(name));
                 } else {
-                    store.objects.insert(key(name), next.clone());
+                    store.put(key(name), next.clone());
                 }
                 (200, next)
             }
@@ -516,9 +644,9 @@ impl FakeApi {
                     .is_some_and(|f| !f.is_empty())
                 {
                     current["metadata"]["deletionTimestamp"] = json!("2026-11-23T00:00:00Z");
-                    store.objects.insert(key(name), current.clone());
+                    store.put(key(name), current.clone());
                 } else {
-                    store.objects.remove(&key(name));
+                    store.remove(&key(name));
                 }
                 (200, current)
             }
