@@ -27,6 +27,6 @@ pub use run::{
     assess_measurement,
 };
 pub use template::{
-    Arg, BuiltinMetric, Header, HttpMethod, JobMetric, Measure, Metric, PrometheusMetric, Provider,
-    Service, WebMetric,
+    Arg, BuiltinMetric, Header, HttpMethod, JobMetric, KubernetesJobMetric, Measure, Metric,
+    PrometheusMetric, Provider, Service, WebMetric,
 };

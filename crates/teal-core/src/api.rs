@@ -253,6 +253,7 @@ impl AnalysisRunView {
                         Provider::Prometheus(prometheus) => prometheus.query.clone(),
                         Provider::Web(web) => web.url.clone(),
                         Provider::Job(job) => job.command.join(" "),
+                        Provider::KubernetesJob(_) => "a Kubernetes Job".to_owned(),
                     },
                     success_condition: metric
                         .metric

@@ -301,6 +301,9 @@ mod enabled {
                     Provider::Builtin(_) => Measurement::failed(
                         "builtin metrics come from teal's own proxy, which does not serve this rollout on Kubernetes; use prometheus or web",
                     ),
+                    Provider::KubernetesJob(_) => Measurement::failed(
+                        "a Kubernetes Job is run by the controller itself, not by a measurer",
+                    ),
                     Provider::Job(_) => Measurement::failed(
                         "job metrics run local commands, which the controller does not do on Kubernetes; use prometheus or web",
                     ),

@@ -91,6 +91,9 @@ pub enum Provider {
     Web(WebMetric),
     /// `job`: a local command; the value is its exit code.
     Job(JobMetric),
+    /// `job` with Argo's `spec`: a Kubernetes Job (teal controller only); the value is
+    /// 0 when it succeeds, 1 when it fails.
+    KubernetesJob(KubernetesJobMetric),
 }
 
 impl Provider {
@@ -100,7 +103,7 @@ impl Provider {
             Provider::Builtin(_) => "builtin",
             Provider::Prometheus(_) => "prometheus",
             Provider::Web(_) => "web",
-            Provider::Job(_) => "job",
+            Provider::Job(_) | Provider::KubernetesJob(_) => "job",
         }
     }
 
@@ -108,7 +111,7 @@ impl Provider {
     pub fn result_types(&self) -> Types {
         match self {
             // Every built-in measure is a number; a job's value is its exit code.
-            Provider::Builtin(_) | Provider::Job(_) => Types::NUMBER,
+            Provider::Builtin(_) | Provider::Job(_) | Provider::KubernetesJob(_) => Types::NUMBER,
             // A scalar, or an instant vector's sample values.
             Provider::Prometheus(_) => Types::NUMBER.or(Types::LIST),
             Provider::Web(_) => Types::ANY,
@@ -160,8 +163,49 @@ impl Provider {
                     .collect::<Result<_, _>>()?,
                 timeout: job.timeout,
             }),
+            Provider::KubernetesJob(job) => Provider::KubernetesJob(KubernetesJobMetric {
+                metadata: substitute_json(&job.metadata, args)?,
+                spec: substitute_json(&job.spec, args)?,
+                timeout: job.timeout,
+            }),
         })
     }
+}
+
+/// `{{args.NAME}}` replaced in every string of a JSON document.
+fn substitute_json(
+    value: &serde_json::Value,
+    args: &ArgValues,
+) -> Result<serde_json::Value, ArgsError> {
+    use serde_json::Value as Json;
+    Ok(match value {
+        Json::String(text) => Json::String(args.substitute(text)?),
+        Json::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|item| substitute_json(item, args))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(key, item)| Ok((key.clone(), substitute_json(item, args)?)))
+                .collect::<Result<_, ArgsError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// `job: {metadata, spec, timeoutSeconds}`: Argo's Kubernetes Job, run by teal
+/// controller in the rollout's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesJobMetric {
+    /// Labels and annotations for the Job (`metadata`), as written.
+    pub metadata: serde_json::Value,
+    /// The Job's `spec` (a `batch/v1` JobSpec), as written.
+    pub spec: serde_json::Value,
+    /// A Job still running after this is deleted and the measurement is an error.
+    pub timeout: Duration,
 }
 
 /// `builtin: {measure, color}`: read from teal's proxy over the time since the

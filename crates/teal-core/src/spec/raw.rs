@@ -145,13 +145,18 @@ pub(super) struct RawWeb {
     pub json_path: Option<Spanned<String>>,
 }
 
-/// `provider.job`: a local command (Argo's Kubernetes Job has no meaning here).
+/// `provider.job`: a local command (`command`), or Argo's Kubernetes Job
+/// (`metadata`, `spec`), which only teal controller runs.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawJob {
     /// Spanned as a whole so an empty list can be pointed at.
-    pub command: Spanned<Vec<Spanned<String>>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
     pub timeout_seconds: Option<Spanned<i64>>,
+    /// Argo's Job: labels and annotations for it.
+    pub metadata: Option<serde_json::Value>,
+    /// Argo's Job: its `spec` (a `batch/v1` JobSpec).
+    pub spec: Option<Spanned<serde_json::Value>>,
 }
 
 /// `headers[]` of `prometheus` and `web`: `{key, value}` as in Argo.

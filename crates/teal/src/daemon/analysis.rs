@@ -496,6 +496,9 @@ async fn measure(
         Provider::Prometheus(prometheus) => providers::prometheus(prometheus).await,
         Provider::Web(web) => providers::web(web).await,
         Provider::Job(job) => providers::job(job, env).await,
+        Provider::KubernetesJob(_) => Measurement::failed(
+            "this job is a Kubernetes Job (job.spec), which only teal controller runs; on one machine use job.command",
+        ),
     }
 }
 

@@ -15,8 +15,8 @@ use crate::analysis::template::{
     DEFAULT_WEB_TIMEOUT, parse_duration,
 };
 use crate::analysis::{
-    Arg, BuiltinMetric, Condition, Header, HttpMethod, JobMetric, Measure, Metric,
-    PrometheusMetric, Provider, Service, Types, WebMetric,
+    Arg, BuiltinMetric, Condition, Header, HttpMethod, JobMetric, KubernetesJobMetric, Measure,
+    Metric, PrometheusMetric, Provider, Service, Types, WebMetric,
 };
 use crate::spec::raw::{
     RawArg, RawHttpHeader, RawLoadTest, RawMetric, RawNotification, RawProvider,
@@ -227,7 +227,7 @@ fn validate_metric(
     }
     let provider = provider?;
     // A job passes when its command exits 0, unless the template says otherwise.
-    if matches!(provider, Provider::Job(_))
+    if matches!(provider, Provider::Job(_) | Provider::KubernetesJob(_))
         && success_condition.is_none()
         && failure_condition.is_none()
     {
@@ -421,21 +421,8 @@ fn validate_provider(
             json_path,
         }));
     }
-    let job = &raw.job.as_ref()?.value;
-    if job.command.value.is_empty() {
-        errors.at(
-            &job.command.referenced,
-            &format!("{path}.job.command"),
-            "expected a program and its arguments, found an empty list".to_owned(),
-        );
-    }
-    let command = job
-        .command
-        .value
-        .iter()
-        .enumerate()
-        .map(|(index, part)| text(part, &format!("job.command[{index}]"), errors))
-        .collect();
+    let job_spanned = raw.job.as_ref()?;
+    let job = &job_spanned.value;
     let timeout = seconds(
         job.timeout_seconds.as_ref(),
         &format!("{path}.job.timeoutSeconds"),
@@ -443,6 +430,54 @@ fn validate_provider(
         1,
         errors,
     );
+    match (&job.command, &job.spec) {
+        (Some(_), Some(spec)) => {
+            errors.at(
+                &spec.referenced,
+                &format!("{path}.job.spec"),
+                "set command (a local command) or spec (a Kubernetes Job), not both".to_owned(),
+            );
+            return None;
+        }
+        (None, Some(spec)) => {
+            if !spec.value.is_object() {
+                errors.at(
+                    &spec.referenced,
+                    &format!("{path}.job.spec"),
+                    "expected a Kubernetes JobSpec (an object with a template)".to_owned(),
+                );
+                return None;
+            }
+            return Some(Provider::KubernetesJob(KubernetesJobMetric {
+                metadata: job.metadata.clone().unwrap_or(serde_json::Value::Null),
+                spec: spec.value.clone(),
+                timeout,
+            }));
+        }
+        (None, None) => {
+            errors.at(
+                &job_spanned.referenced,
+                &format!("{path}.job"),
+                "expected command (a local command) or spec (a Kubernetes Job)".to_owned(),
+            );
+            return None;
+        }
+        (Some(_), None) => {}
+    }
+    let command_field = job.command.as_ref()?;
+    if command_field.value.is_empty() {
+        errors.at(
+            &command_field.referenced,
+            &format!("{path}.job.command"),
+            "expected a program and its arguments, found an empty list".to_owned(),
+        );
+    }
+    let command = command_field
+        .value
+        .iter()
+        .enumerate()
+        .map(|(index, part)| text(part, &format!("job.command[{index}]"), errors))
+        .collect();
     Some(Provider::Job(JobMetric { command, timeout }))
 }
 

@@ -339,3 +339,79 @@ fn rollout_analysis_errors_are_located() {
     assert!(error.message.contains("prePromotionAnalysis"), "{error:#?}");
     assert!(MINIMAL.contains("activeService"));
 }
+
+#[test]
+fn an_argo_kubernetes_job_is_typed_and_its_shape_is_checked() {
+    let parsed = template(&with_spec(
+        r#"  args:
+    - name: url
+  metrics:
+    - name: smoke
+      provider:
+        job:
+          metadata:
+            labels: {team: shop}
+          spec:
+            backoffLimit: 1
+            template:
+              spec:
+                restartPolicy: Never
+                containers:
+                - name: smoke
+                  image: curlimages/curl
+                  command: [curl, -fsS, "{{args.url}}"]
+"#,
+    ));
+    let smoke = &parsed.metrics[0];
+    let Provider::KubernetesJob(job) = &smoke.provider else {
+        panic!("expected a Kubernetes Job, got {:?}", smoke.provider);
+    };
+    assert_eq!(job.spec["backoffLimit"], 1);
+    assert_eq!(job.metadata["labels"]["team"], "shop");
+    assert_eq!(job.timeout, Duration::from_secs(300));
+    assert_eq!(
+        smoke.success_condition.as_ref().map(|c| c.source()),
+        Some("result == 0"),
+        "a Job passes when it succeeds"
+    );
+    let resolved = smoke
+        .resolve(
+            &crate::analysis::ArgValues::resolve(
+                &parsed.args,
+                &[("url".to_owned(), "http://shop-preview/".to_owned())],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let Provider::KubernetesJob(job) = resolved.provider else {
+        unreachable!()
+    };
+    assert_eq!(
+        job.spec["template"]["spec"]["containers"][0]["command"][2],
+        "http://shop-preview/"
+    );
+
+    let all = errors(&with_spec(
+        r#"  metrics:
+    - name: both
+      provider: {job: {command: ["true"], spec: {template: {}}}}
+    - name: neither
+      provider: {job: {timeoutSeconds: 5}}
+    - name: shape
+      provider: {job: {spec: [1, 2]}}
+"#,
+    ));
+    let found: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(found.len(), 3, "{all:#?}");
+    assert_eq!(found[0].0, "spec.metrics[0].provider.job.spec");
+    assert!(found[0].1.contains("not both"), "{all:#?}");
+    assert_eq!(found[1].0, "spec.metrics[1].provider.job");
+    assert!(
+        found[1].1.contains("command (a local command) or spec"),
+        "{all:#?}"
+    );
+    assert_eq!(found[2].0, "spec.metrics[2].provider.job.spec");
+}
