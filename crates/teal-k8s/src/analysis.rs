@@ -15,12 +15,19 @@ use kube::api::Api;
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::time::Duration;
 use teal_core::Color;
-use teal_core::analysis::{AnalysisRun, Measurement, Metric, Phase as AnalysisPhase, TealArgs};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{DeleteParams, PostParams};
+use teal_core::analysis::{
+    AnalysisRun, KubernetesJobMetric, Measurement, Metric, Phase as AnalysisPhase, Provider,
+    TealArgs, Value,
+};
 use teal_core::rollout::{AnalysisKind, Event, Millis, Revision, Stage, Status};
 use teal_core::spec::{AnalysisTemplateSpec, Document, parse_documents};
 
-use crate::crd::RolloutSpec;
+use crate::crd::{FIELD_MANAGER, ROLLOUT_LABEL, RolloutSpec};
 
 /// Where the current analysis run is kept on the Rollout (JSON).
 pub const ANALYSIS_ANNOTATION: &str = "teal.dev/analysis";
@@ -125,12 +132,14 @@ pub struct Progress {
     pub next_at: Option<Millis>,
 }
 
-/// Starts, measures and judges the run `state` waits for.
+/// Starts, measures and judges the run `state` waits for. `owner` is the Rollout's
+/// owner reference, for the Jobs a `job` metric creates.
 #[allow(clippy::too_many_arguments)]
 pub async fn advance(
     client: &Client,
     namespace: &str,
     rollout: &str,
+    owner: &serde_json::Value,
     spec: &RolloutSpec,
     state: &Status,
     stored: Option<StoredRun>,
@@ -162,7 +171,19 @@ pub async fn advance(
     if let Some(run) = current.run.as_mut() {
         let due: Vec<Metric> = run.due(now).into_iter().cloned().collect();
         for metric in due {
-            let measurement = measurer.measure(&metric).await;
+            let measurement = match &metric.provider {
+                Provider::KubernetesJob(job) => {
+                    let number = run.metric(&metric.name).map_or(0, |m| m.count + m.errors) + 1;
+                    let name = job_name(&[
+                        rollout,
+                        &key.revision.to_string(),
+                        &metric.name,
+                        &number.to_string(),
+                    ]);
+                    run_job(client, namespace, rollout, owner, &name, &metric.name, job).await
+                }
+                _ => measurer.measure(&metric).await,
+            };
             tracing::info!(
                 rollout,
                 metric = metric.name,
@@ -180,6 +201,106 @@ pub async fn advance(
             .as_ref()
             .and_then(|run| run.next_measurement_at(now)),
         stored: Some(current),
+    }
+}
+
+/// How often a running Job is looked at.
+const JOB_POLL: Duration = Duration::from_millis(500);
+
+/// A Job name from parts: lowercase letters, digits and dashes, at most 63 characters.
+fn job_name(parts: &[&str]) -> String {
+    let joined = parts.join("-").to_ascii_lowercase();
+    let clean: String = joined
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    clean
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_owned()
+}
+
+/// Runs Argo's `job` metric as a Kubernetes Job in the rollout's namespace and waits
+/// for it: 0 when it succeeds, 1 when it fails (with the reason), an error after its
+/// timeout (the Job is then deleted). A Job that already exists (a controller that
+/// restarted mid-measurement) is waited for, not created again.
+async fn run_job(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    owner: &serde_json::Value,
+    name: &str,
+    metric: &str,
+    job: &KubernetesJobMetric,
+) -> Measurement {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let mut metadata = json!({
+        "name": name,
+        "labels": {ROLLOUT_LABEL: rollout, "teal.dev/analysis-metric": job_name(&[metric])},
+        "ownerReferences": [owner],
+    });
+    if let Some(labels) = job.metadata["labels"].as_object() {
+        for (key, value) in labels {
+            metadata["labels"][key] = value.clone();
+        }
+    }
+    if let Some(annotations) = job.metadata["annotations"].as_object() {
+        metadata["annotations"] = json!(annotations);
+    }
+    let object: Job = match serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": job.spec,
+    })) {
+        Ok(object) => object,
+        Err(error) => return Measurement::failed(format!("job.spec is not a JobSpec: {error}")),
+    };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match jobs.create(&params, &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Measurement::failed(format!("cannot create Job {name}: {error}")),
+    }
+    let deadline = tokio::time::Instant::now() + job.timeout;
+    loop {
+        match jobs.get_opt(name).await {
+            Ok(Some(found)) => {
+                let status = found.status.unwrap_or_default();
+                let failed = status
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "Failed" && c.status == "True");
+                if status.succeeded.unwrap_or(0) > 0 {
+                    return Measurement::of(Value::Number(0.0));
+                }
+                if let Some(condition) = failed {
+                    let mut measurement = Measurement::of(Value::Number(1.0));
+                    measurement.output = Some(format!(
+                        "Job {name} failed: {}",
+                        condition.message.or(condition.reason).unwrap_or_default()
+                    ));
+                    return measurement;
+                }
+            }
+            Ok(None) => return Measurement::failed(format!("Job {name} was deleted")),
+            Err(error) => tracing::warn!(job = name, %error, "cannot read the Job"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let background = DeleteParams::background();
+            let _ = jobs.delete(name, &background).await;
+            return Measurement::failed(format!(
+                "Job {name} did not finish in {}s; deleted",
+                job.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(JOB_POLL).await;
     }
 }
 

@@ -167,6 +167,7 @@ async fn reconcile_attempt(
             client,
             namespace,
             name,
+            &owner_reference(flavor, &rollout),
             &rollout.spec,
             &state.clone().unwrap_or_default(),
             stored_run,
@@ -427,6 +428,19 @@ fn object_reference(flavor: Flavor, rollout: &AnyRollout) -> ObjectReference {
     }
 }
 
+/// The Rollout as the owner of what teal creates for it (ReplicaSets, Jobs), so
+/// Kubernetes deletes them with it.
+fn owner_reference(flavor: Flavor, rollout: &AnyRollout) -> serde_json::Value {
+    json!({
+        "apiVersion": flavor.api_version(),
+        "kind": "Rollout",
+        "name": rollout.name_any(),
+        "uid": rollout.metadata.uid.clone().unwrap_or_default(),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
 /// The ReplicaSet of one revision: the rollout's pod template, labelled with its hash
 /// and color, owned by the Rollout.
 fn replica_set(
@@ -449,14 +463,7 @@ fn replica_set(
     labels.insert(ROLLOUT_LABEL.to_owned(), rollout.name_any());
     let mut selector = spec.selector.match_labels.clone().unwrap_or_default();
     selector.insert(HASH_LABEL.to_owned(), hash.to_owned());
-    let owner = json!({
-        "apiVersion": flavor.api_version(),
-        "kind": "Rollout",
-        "name": rollout.name_any(),
-        "uid": rollout.metadata.uid.clone().unwrap_or_default(),
-        "controller": true,
-        "blockOwnerDeletion": true,
-    });
+    let owner = owner_reference(flavor, rollout);
     Ok(serde_json::from_value(json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",

@@ -27,6 +27,7 @@ fn plural(kind: &str) -> &'static str {
         "DestinationRule" => "destinationrules",
         "HTTPRoute" => "httproutes",
         "AnalysisTemplate" => "analysistemplates",
+        "Job" => "jobs",
         other => panic!("no plural for {other}"),
     }
 }
@@ -1006,6 +1007,97 @@ mod analysis {
             "promoted after analysis"
         );
         assert_eq!(h.phase(), "Healthy");
+    }
+
+    /// What the Job controller and kubelet would do: every new Job ends as `outcome`.
+    fn job_controller(fake: &FakeApi, succeed: bool) -> tokio::task::JoinHandle<()> {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                for job in fake.all("jobs") {
+                    if job["status"].is_null() {
+                        let name = job["metadata"]["name"].as_str().unwrap().to_owned();
+                        let status = if succeed {
+                            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+                        } else {
+                            json!({"failed": 2, "conditions": [{"type": "Failed", "status": "True",
+                                   "reason": "BackoffLimitExceeded",
+                                   "message": "Job has reached the specified backoff limit"}]})
+                        };
+                        fake.edit("jobs", &name, json!({"status": status}));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
+    fn job_manifests() -> String {
+        let read = |file: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/manifests/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let rollout = read("argo-bluegreen.yaml").replace(
+            "      autoPromotionEnabled: false\n",
+            "      prePromotionAnalysis:\n        templates:\n        - templateName: smoke\n",
+        );
+        format!("{rollout}\n---\n{}", read("job-analysis.yaml"))
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_job_that_fails_aborts_the_release() {
+        let h = Harness::from_yaml(&job_manifests());
+        let jobs = job_controller(&h.fake, false);
+        to_analysis(&h).await;
+        let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+        h.reconcile(T0 + 3 * SECOND).await;
+        let created = h.fake.all("jobs");
+        assert_eq!(created.len(), 1);
+        let job = &created[0];
+        assert_eq!(job["metadata"]["labels"]["team"], "shop");
+        assert_eq!(
+            job["metadata"]["labels"]["teal.dev/rollout"],
+            "rollout-bluegreen"
+        );
+        assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "Rollout");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["command"][2],
+            "http://rollout-bluegreen-preview.default.svc.cluster.local/healthz",
+            "teal's preview-address arg reaches the Job"
+        );
+        h.reconcile(T0 + 4 * SECOND).await;
+        jobs.abort();
+        assert_eq!(h.phase(), "Degraded");
+        assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+        let run: Value = serde_json::from_str(
+            h.rollout()["metadata"]["annotations"]["teal.dev/analysis"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let measured = &run["run"]["metrics"][0]["measurements"][0];
+        assert!(
+            measured["output"]
+                .as_str()
+                .unwrap()
+                .contains("backoff limit"),
+            "{measured}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_job_that_succeeds_lets_the_release_through() {
+        let h = Harness::from_yaml(&job_manifests());
+        let jobs = job_controller(&h.fake, true);
+        to_analysis(&h).await;
+        h.reconcile(T0 + 3 * SECOND).await;
+        h.reconcile(T0 + 4 * SECOND).await;
+        jobs.abort();
+        let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+        assert_eq!(h.selector("rollout-bluegreen-active"), v2, "auto-promoted");
     }
 
     #[tokio::test]
