@@ -36,6 +36,10 @@ pub(crate) struct Hop {
 /// `Transfer-Encoding` from the other connection must not leak through.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Hop {
     let mut hop = Hop::default();
+    // Most messages carry none of them: one pass over the names, no lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return hop;
+    }
     // Most messages have no Connection header at all (HTTP/1.1 keeps alive by
     // default); only then is there anything to read.
     if headers.contains_key(CONNECTION) {
@@ -76,11 +80,50 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Hop {
     hop
 }
 
+/// Who is at the other end of a client connection, as the forwarded headers say it;
+/// made once per connection, not per request.
+pub(crate) struct Peer {
+    ip: IpAddr,
+    /// `ip` as a header value, for the usual request that has no `X-Forwarded-For`.
+    forwarded_for: HeaderValue,
+    /// The client came over TLS.
+    https: bool,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr, https: bool) -> Peer {
+        Peer {
+            ip,
+            // An IP address is always a valid header value.
+            forwarded_for: HeaderValue::try_from(ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            https,
+        }
+    }
+}
+
+/// The hop-by-hop headers every message loses; any other one only when `Connection`
+/// names it, and then `Connection` is there.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == UPGRADE
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Adds `X-Forwarded-For` (the client appended to whatever a proxy in front of us
 /// already put there), `X-Forwarded-Proto` (`https` when the client came over TLS,
 /// else `http`) and `X-Forwarded-Host` from `Host`.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
-    let chain = if headers.contains_key(&X_FORWARDED_FOR) {
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: &Peer) {
+    // Room for the three at once: a map parsed from a short request is full, and
+    // would otherwise grow (reallocate and rehash) on the way.
+    headers.reserve(3);
+    let client = peer.ip;
+    let https = peer.https;
+    if headers.contains_key(&X_FORWARDED_FOR) {
         // Several X-Forwarded-For headers are one comma-separated list; join them so
         // the upstream sees a single, ordered chain.
         let earlier: Vec<&str> = headers
@@ -90,18 +133,18 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .collect();
-        if earlier.is_empty() {
+        let chain = if earlier.is_empty() {
             client.to_string()
         } else {
             format!("{}, {client}", earlier.join(", "))
+        };
+        // Built from visible-ASCII header values and an IP address, so always a valid
+        // value; the `if let` only keeps a panic out of the request path.
+        if let Ok(chain) = HeaderValue::try_from(chain) {
+            headers.insert(X_FORWARDED_FOR, chain);
         }
     } else {
-        client.to_string()
-    };
-    // Built from visible-ASCII header values and an IP address, so always a valid
-    // value; the `if let` only keeps a panic out of the request path.
-    if let Ok(chain) = HeaderValue::try_from(chain) {
-        headers.insert(X_FORWARDED_FOR, chain);
+        headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
     }
 
     headers.insert(
@@ -182,13 +225,13 @@ mod tests {
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         headers.insert(HOST, HeaderValue::from_static("shop.example"));
-        add_forwarded(&mut headers, "10.0.0.1".parse().unwrap(), false);
+        add_forwarded(&mut headers, &Peer::new("10.0.0.1".parse().unwrap(), false));
         assert_eq!(headers[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "shop.example");
 
         let mut headers = HeaderMap::new();
-        add_forwarded(&mut headers, "::1".parse().unwrap(), true);
+        add_forwarded(&mut headers, &Peer::new("::1".parse().unwrap(), true));
         assert_eq!(headers[&X_FORWARDED_FOR], "::1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "https");
         assert!(!headers.contains_key(&X_FORWARDED_HOST));

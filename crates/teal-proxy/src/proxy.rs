@@ -11,14 +11,13 @@ use arc_swap::ArcSwap;
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, UPGRADE};
 use hyper::http::request::Parts;
-use hyper::http::uri::Scheme;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use teal_core::Color;
 use tokio::sync::Notify;
 use tracing::{Level, debug, warn};
 
 use crate::body::{Lease, RequestBody, ResponseBody, Upload};
-use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{Peer, add_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::options::{Limits, PassiveHealth, ProxyOptions};
 use crate::pool::{ConnectError, Health, Instance, Registry, Sender};
 use crate::routing::{self, Route};
@@ -507,7 +506,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         role: Role,
-        client: SocketAddr,
+        client: &Peer,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         // The one load of this request: it is routed by this snapshot, whatever
@@ -555,14 +554,10 @@ impl Proxy {
         let client_upgrade = (request.version() == Version::HTTP_11
             && wants_upgrade(request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
-        let https = request
-            .extensions()
-            .get::<Scheme>()
-            .is_some_and(|scheme| *scheme == Scheme::HTTPS);
         let (mut parts, body) = request.into_parts();
         let (body, upload) = RequestBody::new(body, state, options.limits.max_request_body_bytes);
         let hop = strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, client.ip(), https);
+        add_forwarded(&mut parts.headers, client);
         if client_upgrade.is_some()
             && let Some(protocol) = hop.upgrade
         {
@@ -916,6 +911,8 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Says who served: `x-teal-color` and `x-teal-revision`.
 fn label(headers: &mut HeaderMap, target: &Target) {
+    // Both at once: an instance's short answer fills its map (see add_forwarded).
+    headers.reserve(2);
     headers.insert(
         X_TEAL_COLOR,
         HeaderValue::from_static(target.color.as_str()),

@@ -4,8 +4,7 @@
 //! text an HTTP/2 client starts with the connection preface ("prior knowledge", h2c)
 //! and anything else is HTTP/1.1. Instances are always spoken to in HTTP/1.1; what an
 //! HTTP/2 request carries differently (`:authority`, split cookies) is put back into
-//! HTTP/1.1 form before it is routed. Every request carries the scheme the client used
-//! (`http` or `https`) as a [`Scheme`] extension.
+//! HTTP/1.1 form before it is routed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,11 +12,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, COOKIE, HOST, HeaderValue};
-use hyper::http::uri::Scheme;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode, Version};
@@ -28,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use crate::headers::Peer;
 use crate::tls::{Tls, TlsSetting};
 use crate::{Proxy, Role};
 
@@ -139,7 +139,7 @@ pub async fn serve_tls(
     debug!(rollout = %proxy.rollout(), %local, open = connections.len(), "shutting down");
     // Receivers are alive in every connection task, and we hold one too; an error
     // would only mean nobody listens, which needs no action.
-    closing_flag.store(true, Ordering::SeqCst);
+    closing_flag.store(true, Ordering::Release);
     let _ = closing_tx.send(true);
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -161,6 +161,17 @@ fn is_connection_error(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+/// What every request of one client connection shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    role: Role,
+    peer: Peer,
+    /// The listener shuts down: responses say `Connection: close`.
+    closing: Arc<AtomicBool>,
+    /// The client speaks HTTP/2.
+    http2: AtomicBool,
 }
 
 /// Tells a connection that its listener shuts down.
@@ -187,7 +198,7 @@ async fn serve_connection(
     }
     let Some(tls) = tls else {
         let io = TokioIo::new(stream);
-        return serve_http(io, peer, proxy, role, Scheme::HTTP, closing).await;
+        return serve_http(io, peer, proxy, role, false, closing).await;
     };
     // A handshake under way when shutdown begins is finished, not dropped: its client
     // has a request to send, which is answered (with `Connection: close`). A
@@ -205,15 +216,7 @@ async fn serve_connection(
             return;
         }
     };
-    serve_http(
-        TokioIo::new(stream),
-        peer,
-        proxy,
-        role,
-        Scheme::HTTPS,
-        closing,
-    )
-    .await;
+    serve_http(TokioIo::new(stream), peer, proxy, role, true, closing).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (whichever the client starts with) on one connection
@@ -228,7 +231,7 @@ async fn serve_http<I>(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     role: Role,
-    scheme: Scheme,
+    https: bool,
     closing: Closing,
 ) where
     I: Read + Write + Unpin + Send + 'static,
@@ -237,22 +240,31 @@ async fn serve_http<I>(
         signal: mut closing,
         flag,
     } = closing;
-    let http2 = Arc::new(AtomicBool::new(false));
-    let seen_http2 = Arc::clone(&http2);
+    // Everything a request needs from its connection, behind one Arc: one reference
+    // count per request.
+    let shared = Arc::new(Shared {
+        proxy,
+        role,
+        peer: Peer::new(peer.ip(), https),
+        closing: flag,
+        http2: AtomicBool::new(false),
+    });
+    let connection_shared = Arc::clone(&shared);
     let service = service_fn(move |mut request: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let flag = Arc::clone(&flag);
+        let shared = Arc::clone(&connection_shared);
         let version = request.version();
         if version == Version::HTTP_2 {
-            seen_http2.store(true, Ordering::Relaxed);
+            shared.http2.store(true, Ordering::Relaxed);
         }
-        request.extensions_mut().insert(scheme.clone());
         as_http1(&mut request);
         async move {
-            let mut response = proxy.handle(request, role, peer).await;
+            let mut response = shared
+                .proxy
+                .handle(request, shared.role, &shared.peer)
+                .await;
             if version < Version::HTTP_2
                 && response.status() != StatusCode::SWITCHING_PROTOCOLS
-                && flag.load(Ordering::Relaxed)
+                && shared.closing.load(Ordering::Relaxed)
             {
                 // hyper closes the connection once this response is written.
                 response
@@ -274,26 +286,40 @@ async fn serve_http<I>(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
 
-    let result = tokio::select! {
+    // Err means the sender is gone, which only happens when serve() is over; shut
+    // down gracefully in that case too. `.map(drop)` releases the watch's read lock.
+    let shutdown = async { closing.wait_for(|closing| *closing).await.map(drop) };
+    tokio::pin!(shutdown);
+    // Polled once to register this task's waker, then only once the flag says the
+    // shutdown began: the connection is polled for every read and write, and the
+    // watch need not be looked at each time.
+    let mut registered = false;
+    let served = std::future::poll_fn(|cx| {
         // The connection first, so bytes already there are read before a shutdown.
-        biased;
-        result = connection.as_mut() => result,
-        // Err means the sender is gone, which only happens when serve() is over;
-        // shut down gracefully in that case too.
-        // `.map(drop)` releases the watch's read lock before awaiting below.
-        _ = async { closing.wait_for(|closing| *closing).await.map(drop) } => {
-            if !http2.load(Ordering::Relaxed) {
-                // An HTTP/1.1 connection ends after its next response (which says
-                // `Connection: close`); give an idle one time to send that request.
-                if let Ok(result) = tokio::time::timeout(IDLE_LINGER, connection.as_mut()).await {
-                    return log_end(peer, result);
-                }
-            }
-            connection.as_mut().graceful_shutdown();
-            connection.await
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
         }
-    };
-    log_end(peer, result);
+        if !registered || shared.closing.load(Ordering::Acquire) {
+            registered = true;
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(result) = served {
+        return log_end(peer, result);
+    }
+    if !shared.http2.load(Ordering::Relaxed) {
+        // An HTTP/1.1 connection ends after its next response (which says
+        // `Connection: close`); give an idle one time to send that request.
+        if let Ok(result) = tokio::time::timeout(IDLE_LINGER, connection.as_mut()).await {
+            return log_end(peer, result);
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    log_end(peer, connection.await);
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
