@@ -118,9 +118,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// already put there), `X-Forwarded-Proto` (`https` when the client came over TLS,
 /// else `http`) and `X-Forwarded-Host` from `Host`.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: &Peer) {
-    // Room for the three at once: a map parsed from a short request is full, and
-    // would otherwise grow (reallocate and rehash) on the way.
-    headers.reserve(3);
     let client = peer.ip;
     let https = peer.https;
     if headers.contains_key(&X_FORWARDED_FOR) {

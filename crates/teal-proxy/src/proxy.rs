@@ -911,8 +911,6 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Says who served: `x-teal-color` and `x-teal-revision`.
 fn label(headers: &mut HeaderMap, target: &Target) {
-    // Both at once: an instance's short answer fills its map (see add_forwarded).
-    headers.reserve(2);
     headers.insert(
         X_TEAL_COLOR,
         HeaderValue::from_static(target.color.as_str()),
