@@ -39,13 +39,15 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Kubernetes controller is behind the `kubernetes` feature: lint that build too.
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# --all-features: the Kubernetes controller's tests (teal-k8s, and the teal binary
+# built with `kubernetes` driven through a kubeconfig) run with everything else.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
+    cargo nextest run --workspace --all-features --locked --no-fail-fast
 else
-    cargo test --workspace --locked --no-fail-fast
+    cargo test --workspace --all-features --locked --no-fail-fast
 fi
 
 # The dashboard in real headless Chromium against a real daemon and demo-apps.
 (cd crates/teal/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
-cargo build -p teal --locked
+cargo build -p teal --all-features --locked
 crates/teal/tests/browser/run.sh "${CARGO_TARGET_DIR:-target}/debug/teal"

@@ -216,6 +216,45 @@ impl FakeApi {
         kube::Client::new(service, "default")
     }
 
+    /// Serves the fake over HTTP on `listener` (every permission), for programs that
+    /// talk to it through a kubeconfig, such as the `teal` binary.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let fake = self.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let fake = fake.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let request = Request::from_parts(parts, Body::from(bytes.to_vec()));
+                            Ok::<_, Infallible>(fake.answer(request, None).await)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    /// Stores every document of a YAML manifest file, as `kubectl apply -f` would.
+    pub fn load(&self, text: &str) {
+        let documents: Vec<Value> = serde_saphyr::from_str_multiple(text).unwrap();
+        for document in documents {
+            let kind = document["kind"].as_str().unwrap().to_ascii_lowercase();
+            self.insert(&format!("{kind}s"), document);
+        }
+    }
+
     /// Stores an object as `kubectl apply` would create it.
     pub fn insert(&self, plural: &str, mut object: Value) {
         let group = object["apiVersion"]

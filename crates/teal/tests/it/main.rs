@@ -8,6 +8,8 @@ mod cli;
 mod cycle;
 mod drain;
 mod handoff;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod observe;
 mod recovery;
 mod specs;
