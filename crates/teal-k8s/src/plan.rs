@@ -727,3 +727,178 @@ fn selector_string(labels: Option<&BTreeMap<String, String>>) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use teal_core::rollout::{Candidate, Slot};
+
+    use super::*;
+
+    fn slot(color: Color, revision: u64, hash: &str) -> Slot {
+        Slot {
+            color,
+            revision,
+            template_hash: hash.to_owned(),
+        }
+    }
+
+    fn candidate(stage: Stage) -> Candidate {
+        Candidate {
+            slot: slot(Color::Green, 2, "b"),
+            stage,
+            stage_since: 0,
+            started: 0,
+            promote_requested: false,
+            ready: 1,
+            problem: None,
+            deadline_exceeded: false,
+            hold: None,
+        }
+    }
+
+    /// A state with users on blue (revision 1, hash "a") and `candidate`.
+    fn state(candidate: Option<Candidate>) -> Status {
+        Status {
+            revision: if candidate.is_some() { 2 } else { 1 },
+            stable: Some(slot(Color::Blue, 1, "a")),
+            stable_ready: 1,
+            candidate,
+            ..Status::default()
+        }
+    }
+
+    fn observed(status: RolloutStatus) -> Observed {
+        Observed {
+            name: "shop".to_owned(),
+            spec: RolloutSpec::default(),
+            raw_spec: Value::Null,
+            generation: Some(1),
+            status,
+            state: None,
+            replica_sets: Vec::new(),
+            routes: ObservedRoutes::default(),
+            analysis_events: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// What a person (or `kubectl argo rollouts`) wrote in the status, read back as
+    /// events: (case, teal's state, the status as read, the events).
+    #[test]
+    fn argo_verbs_in_the_status_become_events() {
+        let paused_by_teal = RolloutStatus {
+            controller_pause: true,
+            pause_conditions: vec![PauseCondition {
+                reason: "BlueGreenPause".to_owned(),
+                start_time: rfc3339(0),
+            }],
+            ..RolloutStatus::default()
+        };
+        let promote = Event::PromoteRequested {
+            expected_revision: None,
+        };
+        let abort = Event::AbortRequested {
+            reason: "aborted by a person (status.abort)".to_owned(),
+        };
+        let aborted = || Stage::Aborted {
+            stopped: false,
+            reason: "analysis".to_owned(),
+        };
+        let cases: Vec<(&str, Status, RolloutStatus, Vec<Event>)> = vec![
+            (
+                "paused as teal left it: nothing",
+                state(Some(candidate(Stage::Paused))),
+                paused_by_teal.clone(),
+                vec![],
+            ),
+            (
+                "promote cleared the pause conditions",
+                state(Some(candidate(Stage::Paused))),
+                RolloutStatus {
+                    pause_conditions: vec![],
+                    ..paused_by_teal.clone()
+                },
+                vec![promote.clone()],
+            ),
+            (
+                "a pause teal has not written yet is not a promote",
+                state(Some(candidate(Stage::Paused))),
+                RolloutStatus::default(),
+                vec![],
+            ),
+            (
+                "promote --full while the candidate starts",
+                state(Some(candidate(Stage::Starting))),
+                RolloutStatus {
+                    promote_full: true,
+                    ..RolloutStatus::default()
+                },
+                vec![promote],
+            ),
+            (
+                "abort set on a candidate",
+                state(Some(candidate(Stage::Paused))),
+                RolloutStatus {
+                    abort: true,
+                    ..paused_by_teal.clone()
+                },
+                vec![abort],
+            ),
+            (
+                "abort set with nothing to abort: nothing",
+                state(None),
+                RolloutStatus {
+                    abort: true,
+                    ..RolloutStatus::default()
+                },
+                vec![],
+            ),
+            (
+                "aborted as teal wrote it: nothing",
+                state(Some(candidate(aborted()))),
+                RolloutStatus {
+                    abort: true,
+                    ..RolloutStatus::default()
+                },
+                vec![],
+            ),
+            (
+                "retry cleared abort",
+                state(Some(candidate(aborted()))),
+                RolloutStatus::default(),
+                vec![Event::RetryRequested],
+            ),
+        ];
+        for (case, state, status, expected) in cases {
+            let found: Vec<Event> = events(&observed(status), &state, "b")
+                .into_iter()
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Event::TimePassed | Event::Observed { .. } | Event::Applied { .. }
+                    )
+                })
+                .collect();
+            assert_eq!(found, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_new_template_is_a_new_revision_and_the_same_one_is_not() {
+        let current = state(Some(candidate(Stage::Paused)));
+        let applied = |hash: &str| {
+            events(&observed(RolloutStatus::default()), &current, hash)
+                .into_iter()
+                .filter(|e| matches!(e, Event::Applied { .. }))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(applied("b"), vec![]);
+        assert_eq!(
+            applied("c"),
+            vec![Event::Applied {
+                revision: 3,
+                template_hash: "c".to_owned()
+            }]
+        );
+    }
+}
