@@ -351,6 +351,16 @@ async fn execute(
                 routers
                     .point(active.as_ref(), preview.as_ref(), &running)
                     .await?;
+                let roles = |color: Color| {
+                    if active.as_ref().is_some_and(|(c, _)| *c == color) {
+                        Some(Role::Active)
+                    } else if preview.as_ref().is_some_and(|(c, _)| *c == color) {
+                        Some(Role::Preview)
+                    } else {
+                        None
+                    }
+                };
+                label_roles(client, namespace, rollout, &running, roles).await?;
             }
         }
     }
@@ -426,6 +436,79 @@ fn object_reference(flavor: Flavor, rollout: &AnyRollout) -> ObjectReference {
         resource_version: rollout.metadata.resource_version.clone(),
         ..ObjectReference::default()
     }
+}
+
+/// What a color is to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Active,
+    Preview,
+}
+
+/// `activeMetadata` / `previewMetadata`: the labels and annotations of a role go on
+/// the pods of the color that has it (their ReplicaSet's template for pods to come,
+/// and the pods already running), and come off a color that lost it.
+async fn label_roles(
+    client: &Client,
+    namespace: &str,
+    rollout: &AnyRollout,
+    running: &BTreeMap<Color, String>,
+    role_of: impl Fn(Color) -> Option<Role>,
+) -> Result<(), Error> {
+    let Ok(bg) = spec_check::blue_green(&rollout.spec) else {
+        return Ok(());
+    };
+    if bg.active_metadata.is_none() && bg.preview_metadata.is_none() {
+        return Ok(());
+    }
+    let empty = crate::crd::PodMetadata::default();
+    let active = bg.active_metadata.as_ref().unwrap_or(&empty);
+    let preview = bg.preview_metadata.as_ref().unwrap_or(&empty);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    for (color, hash) in running {
+        let wanted = match role_of(*color) {
+            Some(Role::Active) => active,
+            Some(Role::Preview) => preview,
+            None => &empty,
+        };
+        // Keys of either role that this color should not carry are removed (null).
+        let mut labels = serde_json::Map::new();
+        let mut annotations = serde_json::Map::new();
+        for meta in [active, preview] {
+            for key in meta.labels.keys() {
+                labels.insert(key.clone(), serde_json::Value::Null);
+            }
+            for key in meta.annotations.keys() {
+                annotations.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+        for (key, value) in &wanted.labels {
+            labels.insert(key.clone(), json!(value));
+        }
+        for (key, value) in &wanted.annotations {
+            annotations.insert(key.clone(), json!(value));
+        }
+        let metadata = json!({"labels": labels, "annotations": annotations});
+        let owned = replica_sets
+            .list(&ListParams::default().labels(&format!("{HASH_LABEL}={hash}")))
+            .await?;
+        for rs in owned.items {
+            let patch = json!({"spec": {"template": {"metadata": metadata}}});
+            replica_sets
+                .patch(&rs.name_any(), &merge_params(), &Patch::Merge(&patch))
+                .await?;
+        }
+        let running_pods = pods
+            .list(&ListParams::default().labels(&format!("{HASH_LABEL}={hash}")))
+            .await?;
+        for pod in running_pods.items {
+            let patch = json!({"metadata": metadata});
+            pods.patch(&pod.name_any(), &merge_params(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The Rollout as the owner of what teal creates for it (ReplicaSets, Jobs), so

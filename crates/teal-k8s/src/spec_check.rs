@@ -170,6 +170,8 @@ enum Known {
     Object(&'static [(&'static str, Known)]),
     /// A list of objects with these fields.
     List(&'static [(&'static str, Known)]),
+    /// An object whose keys are free (labels).
+    Map,
 }
 
 const NAME_VALUE: &[(&str, Known)] = &[("name", Known::Leaf), ("value", Known::Leaf)];
@@ -180,6 +182,7 @@ const ANALYSIS: &[(&str, Known)] = &[
     ),
     ("args", Known::List(NAME_VALUE)),
 ];
+const POD_METADATA: &[(&str, Known)] = &[("labels", Known::Map), ("annotations", Known::Map)];
 const BLUE_GREEN: &[(&str, Known)] = &[
     ("activeService", Known::Leaf),
     ("previewService", Known::Leaf),
@@ -191,7 +194,8 @@ const BLUE_GREEN: &[(&str, Known)] = &[
     ("previewReplicaCount", Known::Leaf),
     ("prePromotionAnalysis", Known::Object(ANALYSIS)),
     ("postPromotionAnalysis", Known::Object(ANALYSIS)),
-    // activeMetadata and previewMetadata are not applied yet: reported as unsupported.
+    ("activeMetadata", Known::Object(POD_METADATA)),
+    ("previewMetadata", Known::Object(POD_METADATA)),
     (
         "trafficRouting",
         Known::Object(&[

@@ -28,6 +28,7 @@ fn plural(kind: &str) -> &'static str {
         "HTTPRoute" => "httproutes",
         "AnalysisTemplate" => "analysistemplates",
         "Job" => "jobs",
+        "Pod" => "pods",
         other => panic!("no plural for {other}"),
     }
 }
@@ -1449,4 +1450,63 @@ mod running_controller {
         eventually("promoted", || h.selector("rollout-bluegreen-active") == v2).await;
         b.abort();
     }
+}
+
+#[tokio::test]
+async fn active_and_preview_metadata_follow_the_roles_onto_pods() {
+    let yaml = std::fs::read_to_string(format!(
+        "{}/tests/manifests/argo-bluegreen.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace(
+        "      autoPromotionEnabled: false\n",
+        "      autoPromotionEnabled: false\n      activeMetadata:\n        labels:\n          role: active\n      previewMetadata:\n        labels:\n          role: preview\n        annotations:\n          teal.dev/note: under test\n",
+    );
+    let h = Harness::from_yaml(&yaml);
+    let pod = |hash: &str| {
+        h.fake.insert(
+            "pods",
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("pod-{hash}"), "namespace": "default",
+                                "labels": {"app": "rollout-bluegreen", "rollouts-pod-template-hash": hash}}}),
+        );
+    };
+    let pod_labels =
+        |hash: &str| h.fake.get("pods", &format!("pod-{hash}")).unwrap()["metadata"].clone();
+    h.reconcile(T0).await;
+    h.fake.make_pods_available();
+    h.reconcile(T0 + SECOND).await;
+    let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.replica_set(&v1)["spec"]["template"]["metadata"]["labels"]["role"],
+        "active"
+    );
+    pod(&v1);
+
+    h.set_image("argoproj/rollouts-demo:green");
+    h.reconcile(T0 + 2 * SECOND).await;
+    let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.replica_set(&v2)["spec"]["template"]["metadata"]["labels"]["role"],
+        "preview"
+    );
+    pod(&v2);
+    h.fake.make_pods_available();
+    h.reconcile(T0 + 3 * SECOND).await;
+    h.promote();
+    h.reconcile(T0 + 4 * SECOND).await;
+    assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+    let new = pod_labels(&v2);
+    assert_eq!(new["labels"]["role"], "active", "{new}");
+    assert!(new["annotations"]["teal.dev/note"].is_null(), "{new}");
+    let old = pod_labels(&v1);
+    assert!(
+        old["labels"]["role"].is_null(),
+        "the old color lost its role: {old}"
+    );
+    assert_eq!(
+        old["labels"]["app"], "rollout-bluegreen",
+        "other labels stay"
+    );
 }
