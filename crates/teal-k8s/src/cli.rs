@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use teal_core::rollout::{Event, Revision, Stage, Status};
 
+use crate::analysis::{ANALYSIS_ANNOTATION, StoredRun};
 use crate::crd::{
     AnyRollout, COLOR_LABEL, Flavor, HASH_LABEL, REVISION_ANNOTATION, STATE_ANNOTATION,
     TEMPLATE_ANNOTATION,
@@ -176,6 +177,8 @@ pub struct Details {
     pub revisions: Vec<RevisionLine>,
     /// Conditions: type, status, message.
     pub conditions: Vec<Value>,
+    /// The current (or last) analysis run, as the controller keeps it.
+    pub analysis: Option<StoredRun>,
 }
 
 /// `teal get NAME` against the cluster.
@@ -222,6 +225,11 @@ pub async fn get(client: &Client, namespace: &str, name: &str) -> anyhow::Result
     Ok(Details {
         summary: summary(found.flavor, &found.rollout),
         revisions,
+        analysis: found
+            .rollout
+            .annotations()
+            .get(ANALYSIS_ANNOTATION)
+            .and_then(|json| serde_json::from_str(json).ok()),
         conditions: status
             .conditions
             .iter()
@@ -251,6 +259,37 @@ pub fn render_details(details: &Details) -> String {
             format!("{}/{}", r.available, r.replicas),
             r.role
         );
+    }
+    if let Some(stored) = &details.analysis {
+        let _ = writeln!(
+            out,
+            "\nAnalysis:  {} of revision {}: {}",
+            stored.key.kind,
+            stored.key.revision,
+            stored.phase().as_str()
+        );
+        if let Some(error) = &stored.error {
+            let _ = writeln!(out, "  {error}");
+        }
+        for metric in stored.run.iter().flat_map(|run| &run.metrics) {
+            let last = metric
+                .measurements
+                .last()
+                .map(|m| match (&m.value, &m.message) {
+                    (_, Some(message)) => message.clone(),
+                    (Some(value), None) => format!("{value:?}"),
+                    (None, None) => "no data".to_owned(),
+                })
+                .unwrap_or_else(|| "not measured yet".to_owned());
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<12} {} measured, {} failed; last: {last}",
+                metric.metric.name,
+                metric.phase.as_str(),
+                metric.count,
+                metric.failed
+            );
+        }
     }
     for c in &details.conditions {
         if c["status"] == "True" && c["type"] != "Progressing" {

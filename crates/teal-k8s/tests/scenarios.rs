@@ -956,6 +956,17 @@ mod analysis {
             message.contains("success-rate") && message.contains("aborted"),
             "{message}"
         );
+        let shown = teal_k8s::cli::render_details(
+            &teal_k8s::cli::get(&h.fake.client(), "default", &h.name)
+                .await
+                .unwrap(),
+        );
+        assert!(
+            shown.contains("Analysis:  pre-promotion of revision 2: Failed")
+                && shown.contains("success-rate")
+                && shown.contains("1 measured, 1 failed"),
+            "{shown}"
+        );
         assert_eq!(h.selector("rollout-bluegreen-active"), v1);
         assert_eq!(
             h.selector("rollout-bluegreen-preview"),
