@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -195,14 +196,33 @@ pub async fn run(
 }
 
 /// Serves the API until `stop`, then stops accepting and lets every connection
-/// finish: a keep-alive connection is closed once idle, and one accepted but not yet
-/// read from is answered first (a successor daemon accepts on the same socket, so a
-/// connection that raced the stop must not go unanswered; `axum::serve` drops it).
+/// finish: responses from then on say `Connection: close`, an idle keep-alive
+/// connection gets [`teal_proxy::IDLE_LINGER`] to send the request it may be sending
+/// before it is closed, and one accepted but not yet read from is answered first (a
+/// successor daemon accepts on the same socket, so a connection that raced the stop
+/// must not go unanswered; `axum::serve` drops it). The proxy's listeners do the same.
 async fn serve_api(
     listener: TcpListener,
     app: Router,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
+    let closing_flag = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&closing_flag);
+    let app = app.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let closing = flag.load(Ordering::Acquire);
+            async move {
+                if closing {
+                    // hyper closes the connection once this response is written.
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ));
     let (closing, closed) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -221,6 +241,7 @@ async fn serve_api(
         }
     }
     drop(listener);
+    closing_flag.store(true, Ordering::Release);
     let _ = closing.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
@@ -245,8 +266,15 @@ async fn serve_api_connection(
         biased;
         result = connection.as_mut() => result,
         _ = async { closing.wait_for(|closing| *closing).await.map(drop) } => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // The next response says `Connection: close`; an idle connection gets a
+            // moment to send that request.
+            match tokio::time::timeout(teal_proxy::IDLE_LINGER, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(error) = result {

@@ -283,6 +283,16 @@ fn restarting_the_daemon_while_clients_send_loses_no_request() {
             "client {index} was answered after the old daemon exited: {tally:?}"
         );
     }
+    // The old daemon closes its keep-alive connections (the proxy's and the API's)
+    // cleanly: it answers their next request with `Connection: close` (or closes them
+    // while idle), so a client learns before it sends that it must reconnect; no
+    // request meets a closed connection.
+    let cut: Vec<&String> = tallies
+        .iter()
+        .flat_map(|t| &t.closed)
+        .filter(|why| !why.starts_with("closed before sending"))
+        .collect();
+    assert!(cut.is_empty(), "requests met a closed connection: {cut:?}");
 
     let after = sandbox.get("relay");
     assert_eq!(
