@@ -102,7 +102,7 @@ async fn pass(
     );
     let policy = Policy::from(&spec);
     let desired = status.world(&policy);
-    settle_stops(daemon, name, runtime, &desired).await;
+    settle_stops(daemon, name, runtime, &spec, &desired).await;
     let groups = daemon.platform.observe(name);
     let routes = *runtime.routes.lock().expect("routes lock");
     let observed = World {
@@ -294,10 +294,7 @@ async fn drain_and_stop(
     // A dropped sender cancels too: nobody is left to want the stop.
     let drained = tokio::select! {
         drained = runtime.proxy.drain(*color, drain_timeout) => drained,
-        _ = cancelled.wait_for(|cancel| *cancel) => {
-            tracing::info!("rollout {name}: {color} is wanted again; it keeps running");
-            return;
-        }
+        _ = cancelled.wait_for(|cancel| *cancel) => return,
     };
     if !drained {
         tracing::warn!(
@@ -319,8 +316,20 @@ async fn drain_and_stop(
 
 /// Before a pass observes the world: a color that is being stopped but is wanted
 /// again is either kept (it runs what is wanted: the stop is given up) or replaced
-/// (the stop finishes first, its WebSockets closed now rather than waited for).
-async fn settle_stops(daemon: &Daemon, name: &str, runtime: &Runtime, desired: &World) {
+/// (its WebSockets are closed now rather than waited for, its requests drained, and
+/// it is stopped here, so the pass's Start finds the color free).
+///
+/// The background stop is always cancelled first, never awaited while it might still
+/// wait for the passes lock this pass holds (a takeover queued for it would deadlock
+/// the three): cancelled, it returns at once, unless it is stopping the color already,
+/// which ends on its own.
+async fn settle_stops(
+    daemon: &Daemon,
+    name: &str,
+    runtime: &Runtime,
+    spec: &RolloutSpec,
+    desired: &World,
+) {
     for color in Color::ALL {
         let Some(wanted) = desired.deployment(color) else {
             continue;
@@ -331,17 +340,34 @@ async fn settle_stops(daemon: &Daemon, name: &str, runtime: &Runtime, desired: &
         if pending.handle.is_finished() {
             continue;
         }
-        let groups = daemon.platform.observe(name);
-        let keep = deployment_of(&groups, color)
-            .is_some_and(|running| running.template_hash == wanted.template_hash);
-        if keep {
-            let _ = pending.cancel.send(true);
-        } else {
-            runtime.proxy.close_upgraded(color);
-        }
-        // Bounded: a cancelled stop returns at once; a stop to finish waits at most
-        // for the color's requests to drain.
+        let _ = pending.cancel.send(true);
         let _ = pending.handle.await;
+        let groups = daemon.platform.observe(name);
+        let Some(running) = deployment_of(&groups, color) else {
+            continue;
+        };
+        if running.template_hash == wanted.template_hash {
+            tracing::info!("rollout {name}: {color} is wanted again; it keeps running");
+            continue;
+        }
+        runtime.proxy.close_upgraded(color);
+        if !runtime
+            .proxy
+            .drain(color, spec.strategy.drain_timeout)
+            .await
+        {
+            tracing::warn!(
+                "rollout {name}: {color} still had requests in flight after draining; stopping it anyway"
+            );
+        }
+        tracing::info!("rollout {name}: stopping {color} to replace it");
+        daemon
+            .platform
+            .stop(&GroupKey {
+                rollout: name.to_owned(),
+                color,
+            })
+            .await;
     }
 }
 
