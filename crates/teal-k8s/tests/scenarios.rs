@@ -1113,6 +1113,44 @@ mod analysis {
     }
 
     #[tokio::test]
+    async fn a_failed_post_promotion_analysis_switches_users_back_to_the_warm_color() {
+        let text = manifests(false).replace("prePromotionAnalysis:", "postPromotionAnalysis:");
+        let scripted = Scripted::new(&[0.99, 0.2]);
+        let h = Harness::with_measurer(&text, scripted.clone());
+        h.reconcile(T0).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + SECOND).await;
+        let v1 = h.status()["stableRS"].as_str().unwrap().to_owned();
+        h.set_image("argoproj/rollouts-demo:green");
+        h.reconcile(T0 + 2 * SECOND).await;
+        h.fake.make_pods_available();
+        h.reconcile(T0 + 3 * SECOND).await;
+        assert_eq!(
+            h.phase(),
+            "Paused",
+            "no pre-promotion analysis: paused for a person"
+        );
+        h.promote();
+        h.reconcile(T0 + 4 * SECOND).await;
+        let v2 = h.status()["currentPodHash"].as_str().unwrap().to_owned();
+        assert_eq!(h.selector("rollout-bluegreen-active"), v2);
+        // The run starts and takes its first measurement (0.99: fine).
+        h.reconcile(T0 + 4 * SECOND).await;
+        assert_eq!(h.phase(), "Progressing", "post-promotion analysis running");
+        // The second measurement fails: users go back to the warm color at once.
+        h.reconcile(T0 + 14 * SECOND).await;
+        assert_eq!(
+            h.replicas(&v1),
+            2,
+            "the old color is kept warm during the analysis"
+        );
+        h.reconcile(T0 + 15 * SECOND).await;
+        assert_eq!(scripted.queries.lock().unwrap().len(), 2);
+        assert_eq!(h.selector("rollout-bluegreen-active"), v1);
+        assert_eq!(h.phase(), "Degraded");
+    }
+
+    #[tokio::test]
     async fn a_missing_template_is_an_analysis_error_that_names_it() {
         let text = manifests(true).replace("templateName: success-rate", "templateName: nope");
         let h = Harness::with_measurer(&text, Scripted::new(&[]));
