@@ -332,6 +332,38 @@ pub struct AnalysisTemplateSpec {
     pub metrics: Vec<Metric>,
 }
 
+impl AnalysisTemplateSpec {
+    /// Several templates as the one template of a run, as Argo merges them: every
+    /// metric in order (a metric name in two templates is an error), each arg as its
+    /// first template declares it.
+    pub fn combine(templates: Vec<AnalysisTemplateSpec>) -> Result<AnalysisTemplateSpec, String> {
+        let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
+        let mut combined = AnalysisTemplateSpec {
+            name: names.join(","),
+            spec: serde_json::Value::Null,
+            args: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for template in templates {
+            for metric in template.metrics {
+                if combined.metrics.iter().any(|m| m.name == metric.name) {
+                    return Err(format!(
+                        "metric \"{}\" is in more than one of the templates {}",
+                        metric.name, combined.name
+                    ));
+                }
+                combined.metrics.push(metric);
+            }
+            for arg in template.args {
+                if !combined.args.iter().any(|a| a.name == arg.name) {
+                    combined.args.push(arg);
+                }
+            }
+        }
+        Ok(combined)
+    }
+}
+
 impl RolloutSpec {
     /// Instances the candidate runs before promotion.
     pub fn preview_replicas(&self) -> u32 {

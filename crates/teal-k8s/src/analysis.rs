@@ -361,17 +361,7 @@ async fn start(
         AnalysisKind::PostPromotion => bg.post_promotion_analysis.as_ref(),
     }
     .ok_or_else(|| format!("the spec no longer has {} analysis", key.kind))?;
-    let names: Vec<&str> = analysis
-        .templates
-        .iter()
-        .map(|t| t.template_name.as_str())
-        .collect();
-    let mut combined = AnalysisTemplateSpec {
-        name: names.join(","),
-        spec: serde_json::Value::Null,
-        args: Vec::new(),
-        metrics: Vec::new(),
-    };
+    let mut templates = Vec::new();
     for reference in &analysis.templates {
         if reference.cluster_scope == Some(true) {
             return Err(format!(
@@ -379,22 +369,9 @@ async fn start(
                 reference.template_name
             ));
         }
-        let template = template(client, namespace, &reference.template_name).await?;
-        for metric in template.metrics {
-            if combined.metrics.iter().any(|m| m.name == metric.name) {
-                return Err(format!(
-                    "metric \"{}\" is in more than one of the templates {}",
-                    metric.name, combined.name
-                ));
-            }
-            combined.metrics.push(metric);
-        }
-        for arg in template.args {
-            if !combined.args.iter().any(|a| a.name == arg.name) {
-                combined.args.push(arg);
-            }
-        }
+        templates.push(template(client, namespace, &reference.template_name).await?);
     }
+    let combined = AnalysisTemplateSpec::combine(templates)?;
     let preview_address = bg
         .preview_service
         .as_ref()

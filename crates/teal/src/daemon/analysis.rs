@@ -426,35 +426,21 @@ fn start_run(
         AnalysisKind::PostPromotion => spec.strategy.post_promotion_analysis.as_ref(),
     }
     .ok_or_else(|| format!("the spec no longer has {} analysis", key.kind))?;
-    let mut combined = AnalysisTemplateSpec {
-        name: analysis.templates.join(","),
-        spec: serde_json::Value::Null,
-        args: Vec::new(),
-        metrics: Vec::new(),
-    };
+    let mut templates = Vec::new();
     for template_name in &analysis.templates {
-        let template = daemon
-            .store
-            .analysis_template(template_name)
-            .map_err(|error| format!("{error:#}"))?
-            .ok_or_else(|| {
-                format!("AnalysisTemplate \"{template_name}\" is not applied (teal apply -f it)")
-            })?;
-        for metric in template.metrics {
-            if combined.metrics.iter().any(|m| m.name == metric.name) {
-                return Err(format!(
-                    "metric \"{}\" is in more than one of the templates {}",
-                    metric.name, combined.name
-                ));
-            }
-            combined.metrics.push(metric);
-        }
-        for arg in template.args {
-            if !combined.args.iter().any(|a| a.name == arg.name) {
-                combined.args.push(arg);
-            }
-        }
+        templates.push(
+            daemon
+                .store
+                .analysis_template(template_name)
+                .map_err(|error| format!("{error:#}"))?
+                .ok_or_else(|| {
+                    format!(
+                        "AnalysisTemplate \"{template_name}\" is not applied (teal apply -f it)"
+                    )
+                })?,
+        );
     }
+    let combined = AnalysisTemplateSpec::combine(templates)?;
     let preview_address = preview_target(daemon, name, spec).map(|t| t.address.to_string());
     let mut supplied = TealArgs {
         rollout: name.to_owned(),

@@ -415,3 +415,33 @@ fn an_argo_kubernetes_job_is_typed_and_its_shape_is_checked() {
     );
     assert_eq!(found[2].0, "spec.metrics[2].provider.job.spec");
 }
+
+#[test]
+fn templates_combine_in_order_and_a_metric_named_twice_is_refused() {
+    let first = template(&with_spec(
+        "  args:\n    - name: a\n      value: one\n  metrics:\n    - name: first\n      provider: {job: {command: [\"true\"]}}\n",
+    ));
+    let mut second = template(&with_spec(
+        "  args:\n    - name: a\n      value: two\n    - name: b\n  metrics:\n    - name: second\n      provider: {job: {command: [\"true\"]}}\n",
+    ));
+    second.name = "other".to_owned();
+    let combined = AnalysisTemplateSpec::combine(vec![first.clone(), second.clone()]).unwrap();
+    assert_eq!(combined.name, "checks,other");
+    let metrics: Vec<&str> = combined.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(metrics, ["first", "second"]);
+    let args: Vec<(&str, Option<&str>)> = combined
+        .args
+        .iter()
+        .map(|a| (a.name.as_str(), a.value.as_deref()))
+        .collect();
+    assert_eq!(
+        args,
+        [("a", Some("one")), ("b", None)],
+        "the first template's arg wins"
+    );
+    let error = AnalysisTemplateSpec::combine(vec![first.clone(), first]).unwrap_err();
+    assert!(
+        error.contains("metric \"first\" is in more than one of the templates checks,checks"),
+        "{error}"
+    );
+}
