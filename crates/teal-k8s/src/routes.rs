@@ -390,17 +390,9 @@ impl Routers<'_> {
             |color: Color| json!([{"destination": {"host": host, "subset": color.as_str()}}]);
         let mut http = Vec::new();
         if let Some(preview) = preview {
-            let condition = match (&matcher.cookie, &matcher.header) {
-                (Some(cookie), _) => {
-                    json!({"headers": {"cookie": {"regex": cookie_regex(&cookie.name, &cookie.value)}}})
-                }
-                (None, Some(header)) => {
-                    json!({"headers": {header.name.to_ascii_lowercase(): {"exact": header.value}}})
-                }
-                (None, None) => {
-                    json!({"headers": {"cookie": {"regex": cookie_regex("test", "true")}}})
-                }
-            };
+            let test = PreviewHeader::of(matcher);
+            let kind = if test.regex { "regex" } else { "exact" };
+            let condition = json!({"headers": {test.name: {kind: test.value}}});
             http.push(
                 json!({"name": PREVIEW_ROUTE, "match": [condition], "route": destination(preview)}),
             );
@@ -442,17 +434,14 @@ impl Routers<'_> {
             |color: Color| json!([{"name": color_service_name(self.rollout, color), "port": port}]);
         let mut rules = Vec::new();
         if let Some(preview) = preview {
-            let condition = match (&matcher.cookie, &matcher.header) {
-                (Some(cookie), _) => {
-                    json!({"headers": [{"type": "RegularExpression", "name": "cookie", "value": cookie_regex(&cookie.name, &cookie.value)}]})
-                }
-                (None, Some(header)) => {
-                    json!({"headers": [{"type": "Exact", "name": header.name, "value": header.value}]})
-                }
-                (None, None) => {
-                    json!({"headers": [{"type": "RegularExpression", "name": "cookie", "value": cookie_regex("test", "true")}]})
-                }
+            let test = PreviewHeader::of(matcher);
+            let kind = if test.regex {
+                "RegularExpression"
+            } else {
+                "Exact"
             };
+            let condition =
+                json!({"headers": [{"type": kind, "name": test.name, "value": test.value}]});
             rules.push(json!({"matches": [condition], "backendRefs": backend(preview)}));
         }
         rules.push(json!({"backendRefs": backend(active)}));
@@ -537,6 +526,37 @@ impl Routers<'_> {
 /// (a route's rules, a selector's hash) from whoever wrote them first.
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// The header a mesh or gateway matches to send testers to the preview: the cookie
+/// (by a regular expression over the Cookie header) or the header (exactly);
+/// `test=true` when the spec names neither.
+struct PreviewHeader {
+    name: String,
+    value: String,
+    regex: bool,
+}
+
+impl PreviewHeader {
+    fn of(matcher: &crate::crd::PreviewMatch) -> PreviewHeader {
+        match (&matcher.cookie, &matcher.header) {
+            (None, Some(header)) => PreviewHeader {
+                name: header.name.to_ascii_lowercase(),
+                value: header.value.clone(),
+                regex: false,
+            },
+            (cookie, _) => {
+                let (name, value) = cookie
+                    .as_ref()
+                    .map_or(("test", "true"), |c| (c.name.as_str(), c.value.as_str()));
+                PreviewHeader {
+                    name: "cookie".to_owned(),
+                    value: cookie_regex(name, value),
+                    regex: true,
+                }
+            }
+        }
+    }
 }
 
 /// Istio's and Gateway API's way to match one cookie: a regular expression over the

@@ -33,6 +33,15 @@ fn plural(kind: &str) -> &'static str {
     }
 }
 
+/// A manifest file of tests/manifests.
+fn manifest(file: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/manifests/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_else(|error| panic!("tests/manifests/{file}: {error}"))
+}
+
 /// The rules deploy/kubernetes/rbac.yaml grants the controller: every scenario runs
 /// with them, so a call they do not allow fails the scenario with a 403.
 fn controller_rules() -> Vec<fake::Rule> {
@@ -69,12 +78,7 @@ struct Harness {
 impl Harness {
     /// Loads a manifest file of tests/manifests into a fresh fake cluster.
     fn new(file: &str) -> Harness {
-        let text = std::fs::read_to_string(format!(
-            "{}/tests/manifests/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        Harness::from_yaml(&text)
+        Harness::from_yaml(&manifest(file))
     }
 
     fn from_yaml(text: &str) -> Harness {
@@ -400,12 +404,8 @@ async fn undo_inside_the_scale_down_delay_switches_back_at_once() {
 
 #[tokio::test]
 async fn auto_promotion_waits_auto_promotion_seconds() {
-    let yaml = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace("autoPromotionEnabled: false", "autoPromotionSeconds: 10");
+    let yaml = manifest("argo-bluegreen.yaml")
+        .replace("autoPromotionEnabled: false", "autoPromotionSeconds: 10");
     let h = Harness::from_yaml(&yaml);
     h.reconcile(T0).await;
     h.fake.make_pods_available();
@@ -462,12 +462,7 @@ async fn a_person_changing_the_rollout_between_read_and_write_is_not_overwritten
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_nothing_is_created() {
-    let yaml = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace(
+    let yaml = manifest("argo-bluegreen.yaml").replace(
         "    blueGreen:\n",
         "    canary:\n      steps:\n      - setWeight: 20\n    blueGreen:\n",
     );
@@ -484,12 +479,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_created() {
 
 #[tokio::test]
 async fn a_missing_service_is_an_error_that_names_it_and_changes_nothing() {
-    let yaml = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace(
+    let yaml = manifest("argo-bluegreen.yaml").replace(
         "activeService: rollout-bluegreen-active",
         "activeService: nope",
     );
@@ -504,11 +494,7 @@ async fn a_missing_service_is_an_error_that_names_it_and_changes_nothing() {
 
 #[tokio::test]
 async fn fields_teal_does_not_read_are_reported_in_the_status() {
-    let yaml = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    let yaml = manifest("argo-bluegreen.yaml")
     .replace(
         "      autoPromotionEnabled: false\n",
         "      autoPromotionEnabled: false\n      antiAffinity:\n        requiredDuringSchedulingIgnoredDuringExecution: {}\n",
@@ -905,20 +891,13 @@ mod analysis {
     }
 
     fn manifests(auto_promotion: bool) -> String {
-        let read = |file: &str| {
-            std::fs::read_to_string(format!(
-                "{}/tests/manifests/{file}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
-        let rollout = read("argo-bluegreen.yaml").replace(
+        let rollout = manifest("argo-bluegreen.yaml").replace(
             "      autoPromotionEnabled: false\n",
             &format!(
                 "      autoPromotionEnabled: {auto_promotion}\n      prePromotionAnalysis:\n        templates:\n        - templateName: success-rate\n        args:\n        - name: service-name\n          value: rollout-bluegreen-preview.default.svc.cluster.local\n"
             ),
         );
-        format!("{rollout}\n---\n{}", read("analysis.yaml"))
+        format!("{rollout}\n---\n{}", manifest("analysis.yaml"))
     }
 
     /// Releases v2 to the point where it is available in preview.
@@ -1045,18 +1024,11 @@ mod analysis {
     }
 
     fn job_manifests() -> String {
-        let read = |file: &str| {
-            std::fs::read_to_string(format!(
-                "{}/tests/manifests/{file}",
-                env!("CARGO_MANIFEST_DIR")
-            ))
-            .unwrap()
-        };
-        let rollout = read("argo-bluegreen.yaml").replace(
+        let rollout = manifest("argo-bluegreen.yaml").replace(
             "      autoPromotionEnabled: false\n",
             "      prePromotionAnalysis:\n        templates:\n        - templateName: smoke\n",
         );
-        format!("{rollout}\n---\n{}", read("job-analysis.yaml"))
+        format!("{rollout}\n---\n{}", manifest("job-analysis.yaml"))
     }
 
     #[tokio::test]
@@ -1339,11 +1311,7 @@ mod teal_gateway {
 async fn a_rollout_argo_was_running_is_adopted_without_a_restart_then_released() {
     // Argo Rollouts ran revision 3 (hash 6d4f8c9b7, live) and left revision 2's
     // preview ReplicaSet running; its controller is gone and teal takes over.
-    let mut text = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
+    let mut text = manifest("argo-bluegreen.yaml");
     text = text.replacen(
         "  namespace: default\n",
         "  namespace: default\n  uid: argo-rollout-uid\n",
@@ -1503,11 +1471,7 @@ mod running_controller {
 
 #[tokio::test]
 async fn active_and_preview_metadata_follow_the_roles_onto_pods() {
-    let yaml = std::fs::read_to_string(format!(
-        "{}/tests/manifests/argo-bluegreen.yaml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    let yaml = manifest("argo-bluegreen.yaml")
     .replace(
         "      autoPromotionEnabled: false\n",
         "      autoPromotionEnabled: false\n      activeMetadata:\n        labels:\n          role: active\n      previewMetadata:\n        labels:\n          role: preview\n        annotations:\n          teal.dev/note: under test\n",
