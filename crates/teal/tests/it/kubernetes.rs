@@ -12,7 +12,7 @@ use std::time::Duration;
 use fake::FakeApi;
 use serde_json::{Value, json};
 
-use crate::support::{TEAL, eventually, runtime};
+use crate::support::{TEAL, eventually, runtime, succeeded};
 
 struct Cluster {
     fake: FakeApi,
@@ -62,15 +62,7 @@ impl Cluster {
     }
 
     fn teal_ok(&self, args: &[&str]) -> String {
-        let output = self.teal(args);
-        assert!(
-            output.status.success(),
-            "teal {args:?} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        succeeded(args, self.teal(args))
     }
 
     fn controller(&self) -> Child {

@@ -36,6 +36,18 @@ pub fn free_address() -> SocketAddr {
         .unwrap()
 }
 
+/// The stdout of `teal args` that must have succeeded; panics with its output if not.
+pub fn succeeded(args: &[&str], output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "teal {args:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     daemon: Option<Child>,
@@ -111,15 +123,7 @@ impl Sandbox {
 
     /// Runs the CLI and expects success; returns stdout.
     pub fn teal_ok(&self, args: &[&str]) -> String {
-        let output = self.teal(args);
-        assert!(
-            output.status.success(),
-            "teal {args:?} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        succeeded(args, self.teal(args))
     }
 
     /// Starts the CLI against this sandbox's daemon with stdout and stderr piped, for
