@@ -148,14 +148,53 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Kubernetes label selector syntax: `key`, `!key`, `key=value` (or `==`),
+/// `key!=value`, `key in (a,b)`, `key notin (a,b)`, joined by commas.
 fn matches_labels(object: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let labels = &object["metadata"]["labels"];
-        match term.split_once('=') {
-            Some((key, value)) => labels[key] == value,
-            None => !labels[term].is_null(),
+    let labels = &object["metadata"]["labels"];
+    let mut terms = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (index, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..index]);
+                start = index + 1;
+            }
+            _ => {}
         }
-    })
+    }
+    terms.push(&selector[start..]);
+    terms
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let set = |key: &str, values: &str| {
+                let value = labels[key.trim()].as_str();
+                values
+                    .trim()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .split(',')
+                    .any(|v| Some(v.trim()) == value)
+            };
+            if let Some((key, values)) = term.split_once(" notin ") {
+                !set(key, values)
+            } else if let Some((key, values)) = term.split_once(" in ") {
+                set(key, values)
+            } else if let Some((key, value)) = term.split_once("!=") {
+                labels[key.trim()].as_str() != Some(value.trim())
+            } else if let Some((key, value)) = term.split_once('=') {
+                labels[key.trim()].as_str() == Some(value.trim_start_matches('=').trim())
+            } else if let Some(key) = term.strip_prefix('!') {
+                labels[key].is_null()
+            } else {
+                !labels[term].is_null()
+            }
+        })
 }
 
 impl Store {

@@ -17,12 +17,13 @@ use crate::support::{TEAL, eventually, runtime, succeeded};
 struct Cluster {
     fake: FakeApi,
     kubeconfig: std::path::PathBuf,
+    rollout: String,
     _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
-    fn start(manifest: &str) -> Cluster {
+    fn start(rollout: &str, manifest: &str) -> Cluster {
         let runtime = runtime();
         let fake = FakeApi::default();
         fake.load(manifest);
@@ -46,8 +47,9 @@ impl Cluster {
         Cluster {
             fake,
             kubeconfig,
+            rollout: rollout.to_owned(),
             _dir: dir,
-            _runtime: runtime,
+            runtime,
         }
     }
 
@@ -85,7 +87,34 @@ impl Cluster {
     }
 
     fn status(&self) -> Value {
-        self.fake.get("rollouts", "rollout-bluegreen").unwrap()["status"].clone()
+        self.fake.get("rollouts", &self.rollout).unwrap()["status"].clone()
+    }
+
+    /// Waits until the rollout's phase is `phase`.
+    fn wait_phase(&self, phase: &str) {
+        eventually(Duration::from_secs(30), phase, || {
+            (self.phase().as_deref() == Some(phase)).then_some(())
+        });
+    }
+
+    /// A new image in the rollout's template: a new revision.
+    fn set_image(&self, image: &str) {
+        let mut template =
+            self.fake.get("rollouts", &self.rollout).unwrap()["spec"]["template"].clone();
+        template["spec"]["containers"][0]["image"] = json!(image);
+        self.fake.edit(
+            "rollouts",
+            &self.rollout,
+            json!({"spec": {"template": template}}),
+        );
+    }
+
+    /// Waits for `count` ReplicaSets, then makes every pod available (the kubelet's part).
+    fn pods_come_up(&self, count: usize) {
+        eventually(Duration::from_secs(30), "the ReplicaSets", || {
+            (self.fake.all("replicasets").len() == count).then_some(())
+        });
+        self.fake.make_pods_available();
     }
 
     fn phase(&self) -> Option<String> {
@@ -109,37 +138,19 @@ fn teal_controller_and_the_cli_release_an_argo_rollout_through_a_kubeconfig() {
         "/../teal-k8s/tests/manifests/argo-bluegreen.yaml"
     ))
     .unwrap();
-    let cluster = Cluster::start(&manifest);
+    let cluster = Cluster::start("rollout-bluegreen", &manifest);
     let _controller = Killed(cluster.controller());
-    let wait = Duration::from_secs(30);
 
-    eventually(wait, "the first ReplicaSet", || {
-        (cluster.fake.all("replicasets").len() == 1).then_some(())
-    });
-    cluster.fake.make_pods_available();
-    eventually(wait, "Healthy", || {
-        (cluster.phase().as_deref() == Some("Healthy")).then_some(())
-    });
+    cluster.pods_come_up(1);
+    cluster.wait_phase("Healthy");
     let text = cluster.teal_ok(&["get", "rollout-bluegreen"]);
     assert!(text.contains("Phase:     Healthy"), "{text}");
     assert!(text.contains("argoproj.io/v1alpha1"), "{text}");
 
     // A new version: previewed, paused for a promote.
-    let mut template =
-        cluster.fake.get("rollouts", "rollout-bluegreen").unwrap()["spec"]["template"].clone();
-    template["spec"]["containers"][0]["image"] = json!("argoproj/rollouts-demo:green");
-    cluster.fake.edit(
-        "rollouts",
-        "rollout-bluegreen",
-        json!({"spec": {"template": template}}),
-    );
-    eventually(wait, "the second ReplicaSet", || {
-        (cluster.fake.all("replicasets").len() == 2).then_some(())
-    });
-    cluster.fake.make_pods_available();
-    eventually(wait, "Paused", || {
-        (cluster.phase().as_deref() == Some("Paused")).then_some(())
-    });
+    cluster.set_image("argoproj/rollouts-demo:green");
+    cluster.pods_come_up(2);
+    cluster.wait_phase("Paused");
 
     let stale = cluster.teal(&["promote", "rollout-bluegreen", "--revision", "1"]);
     assert!(!stale.status.success());
@@ -173,4 +184,162 @@ fn teal_controller_and_the_cli_release_an_argo_rollout_through_a_kubeconfig() {
     let history = cluster.teal(&["history", "rollout-bluegreen"]);
     assert!(!history.status.success());
     assert!(String::from_utf8_lossy(&history.stderr).contains("--kubeconfig works with"));
+}
+
+/// A pod: answers every request on a keep-alive connection with its color.
+async fn pod(color: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buffer.drain(..end);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{color}",
+                        color.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// The EndpointSlice Kubernetes would keep for a Service with one ready pod.
+fn endpoint_slice(service: &str, pod: std::net::SocketAddr) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-abcde"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [pod.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"port": pod.port(), "protocol": "TCP"}],
+    })
+}
+
+#[test]
+fn teal_gateway_follows_the_controller_and_moves_open_connections_at_the_next_request() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../teal-k8s/tests/manifests/teal-gateway.yaml"
+    ))
+    .unwrap();
+    let cluster = Cluster::start("shop", &manifest);
+    let _controller = Killed(cluster.controller());
+    cluster.pods_come_up(1);
+    cluster.wait_phase("Healthy");
+    let blue = cluster.runtime.block_on(pod("blue"));
+    cluster
+        .fake
+        .insert("endpointslices", endpoint_slice("shop-blue", blue));
+
+    // `teal get --watch` follows the cluster too.
+    let mut watch = Command::new(TEAL)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["get", "shop", "--watch"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watched = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let watched = watched.clone();
+        let mut stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                watched
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+    }
+    let listen = crate::support::free_address();
+    let _gateway = Killed(
+        Command::new(TEAL)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["gateway", "shop", "--listen", &listen.to_string()])
+            .env("TEAL_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let answer = |connection: &mut crate::support::Connection, cookie: Option<&str>| {
+        cluster
+            .runtime
+            .block_on(connection.get("/", cookie))
+            .map(|a| a.body)
+            .unwrap_or_else(|error| error)
+    };
+    let mut user = eventually(Duration::from_secs(30), "the gateway listens", || {
+        cluster
+            .runtime
+            .block_on(crate::support::Connection::open(listen))
+            .ok()
+    });
+    let mut tester = cluster
+        .runtime
+        .block_on(crate::support::Connection::open(listen))
+        .unwrap();
+    eventually(Duration::from_secs(30), "blue through the gateway", || {
+        (answer(&mut user, None) == "blue").then_some(())
+    });
+
+    cluster.set_image("shop:2");
+    cluster.pods_come_up(2);
+    cluster.wait_phase("Paused");
+    let green = cluster.runtime.block_on(pod("green"));
+    cluster
+        .fake
+        .insert("endpointslices", endpoint_slice("shop-green", green));
+    eventually(
+        Duration::from_secs(30),
+        "testers reach green by cookie",
+        || (answer(&mut tester, Some("test=true")) == "green").then_some(()),
+    );
+    assert_eq!(answer(&mut user, None), "blue", "users stay on blue");
+
+    cluster.teal_ok(&["promote", "shop", "--wait", "--timeout", "30s"]);
+    eventually(
+        Duration::from_secs(30),
+        "users on green, same connection",
+        || (answer(&mut user, None) == "green").then_some(()),
+    );
+
+    // The watch redrew as the cluster changed: revision 1 first, then revision 2 live.
+    eventually(
+        Duration::from_secs(10),
+        "get --watch shows revision 2 live",
+        || {
+            let frames = watched.lock().unwrap().clone();
+            let last = frames.rsplit("---").nth(1).unwrap_or_default().to_owned();
+            (frames.contains("Revision:  1")
+                && last.contains("Revision:  2")
+                && last.contains("Phase:     Healthy"))
+            .then_some(())
+        },
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
 }
