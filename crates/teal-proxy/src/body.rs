@@ -16,6 +16,7 @@ use tokio::time::Sleep;
 
 use crate::pool::{Instance, Sender};
 use crate::proxy::{ColorState, InFlight};
+use crate::server::Exchange;
 
 /// What a body fails with: hyper's errors, or teal's own limits.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -70,6 +71,8 @@ pub(crate) struct RequestBody {
 
 struct Streamed {
     body: Incoming,
+    /// The client connection's exchange, which lasts until the body has been read.
+    _exchange: Option<Exchange>,
     state: Arc<ColorState>,
     upload: Arc<Upload>,
     limit: u64,
@@ -79,10 +82,12 @@ struct Streamed {
 impl RequestBody {
     /// The client's body, counted on the color and cut when it passes `limit`; the
     /// `Upload` says how far it got. A body that is already over is sent as nothing.
+    /// The exchange (HTTP/1.1) is held until the body is dropped.
     pub(crate) fn new(
         body: Incoming,
         state: &Arc<ColorState>,
         limit: u64,
+        exchange: Option<Exchange>,
     ) -> (RequestBody, Option<Arc<Upload>>) {
         if body.is_end_stream() {
             return (RequestBody { inner: None }, None);
@@ -90,6 +95,7 @@ impl RequestBody {
         let upload = Arc::new(Upload::default());
         let inner = Streamed {
             body,
+            _exchange: exchange,
             state: Arc::clone(state),
             upload: Arc::clone(&upload),
             limit,

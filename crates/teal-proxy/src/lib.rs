@@ -35,6 +35,7 @@ mod pool;
 mod proxy;
 mod routing;
 mod server;
+mod timer;
 mod tls;
 mod tunnel;
 

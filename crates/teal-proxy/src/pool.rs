@@ -10,17 +10,23 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::RequestBody;
 use crate::options::POOL_IDLE_TIMEOUT;
+use crate::timer::Deadline;
 
 /// Idle connections kept per instance at most; more are closed when given back.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
@@ -28,8 +34,37 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 /// How often the reaper closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-/// A connection to an instance, ready for one request.
-pub(crate) type Sender = SendRequest<RequestBody>;
+/// A connection to an instance, ready for one request, with the timer its requests'
+/// response header timeout runs on (see `timer`).
+pub(crate) struct Sender {
+    request: SendRequest<RequestBody>,
+    deadline: Deadline,
+}
+
+impl Sender {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.request.is_closed()
+    }
+
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.request.poll_ready(cx)
+    }
+
+    pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
+        self.request.ready().await
+    }
+
+    /// Sends the request and waits for the response head; None when none came within
+    /// `limit`.
+    pub(crate) async fn send(
+        &mut self,
+        request: Request<RequestBody>,
+        limit: Duration,
+    ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
+        let sent = pin!(self.request.try_send_request(request));
+        self.deadline.limit(limit, sent).await
+    }
+}
 
 /// Why no connection could be opened.
 pub(crate) enum ConnectError {
@@ -107,7 +142,7 @@ impl Instance {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(instance = %self.addr, error = %err, "could not set TCP_NODELAY");
         }
-        let (sender, connection) = http1::Builder::new()
+        let (request, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| ConnectError::Failed(err.to_string()))?;
@@ -119,7 +154,10 @@ impl Instance {
                 debug!(instance = %addr, error = %err, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Sender {
+            request,
+            deadline: Deadline::new(),
+        })
     }
 
     /// True while passive health keeps the instance out of rotation. The first call

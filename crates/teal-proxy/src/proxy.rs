@@ -21,6 +21,7 @@ use crate::headers::{Peer, add_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::options::{Limits, PassiveHealth, ProxyOptions};
 use crate::pool::{ConnectError, Health, Instance, Registry, Sender};
 use crate::routing::{self, Route};
+use crate::server::Exchange;
 use crate::tunnel::{self, Upgraded};
 use crate::{Role, RouteTable};
 
@@ -507,6 +508,7 @@ impl Proxy {
         mut request: Request<Incoming>,
         role: Role,
         client: &Peer,
+        exchange: Option<Exchange>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         // The one load of this request: it is routed by this snapshot, whatever
@@ -555,7 +557,8 @@ impl Proxy {
             && wants_upgrade(request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let (body, upload) = RequestBody::new(body, state, options.limits.max_request_body_bytes);
+        let (body, upload) =
+            RequestBody::new(body, state, options.limits.max_request_body_bytes, exchange);
         let hop = strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, client);
         if client_upgrade.is_some()
@@ -695,13 +698,9 @@ impl Proxy {
                     request.headers_mut().insert(HOST, host);
                 }
             }
-            let sent = tokio::time::timeout(
-                limits.response_header_timeout,
-                sender.try_send_request(request),
-            )
-            .await;
+            let sent = sender.send(request, limits.response_header_timeout).await;
             match sent {
-                Ok(Ok(response)) => {
+                Some(Ok(response)) => {
                     if response.status().is_server_error() {
                         self.instance_failed(instance, target, state, &options.health);
                     } else {
@@ -713,7 +712,7 @@ impl Proxy {
                     };
                     return Ok(Forwarded { response, lease });
                 }
-                Ok(Err(mut err)) => {
+                Some(Err(mut err)) => {
                     if reused && let Some(unsent) = err.take_message() {
                         // The idle connection went away before the request was
                         // written: nothing reached the instance, send it again.
@@ -741,7 +740,7 @@ impl Proxy {
                     warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "upstream request failed");
                     return Err(self.bad_gateway(target, instance.addr, "upstream-failed", error));
                 }
-                Err(_elapsed) => {
+                None => {
                     self.instance_failed(instance, target, state, &options.health);
                     let timeout = limits.response_header_timeout;
                     warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, ?timeout, "upstream sent no response headers in time");
