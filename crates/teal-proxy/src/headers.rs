@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use hyper::HeaderMap;
+use hyper::header::Entry;
 use hyper::header::{
     CONNECTION, HOST, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
@@ -120,28 +121,31 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: &Peer) {
     let client = peer.ip;
     let https = peer.https;
-    if headers.contains_key(&X_FORWARDED_FOR) {
-        // Several X-Forwarded-For headers are one comma-separated list; join them so
-        // the upstream sees a single, ordered chain.
-        let earlier: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-            .collect();
-        let chain = if earlier.is_empty() {
-            client.to_string()
-        } else {
-            format!("{}, {client}", earlier.join(", "))
-        };
-        // Built from visible-ASCII header values and an IP address, so always a valid
-        // value; the `if let` only keeps a panic out of the request path.
-        if let Ok(chain) = HeaderValue::try_from(chain) {
-            headers.insert(X_FORWARDED_FOR, chain);
+    // One lookup for both the check and the insert.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(peer.forwarded_for.clone());
         }
-    } else {
-        headers.insert(X_FORWARDED_FOR, peer.forwarded_for.clone());
+        Entry::Occupied(mut entry) => {
+            // Several X-Forwarded-For headers are one comma-separated list; join them
+            // so the upstream sees a single, ordered chain.
+            let earlier: Vec<&str> = entry
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+                .collect();
+            let chain = if earlier.is_empty() {
+                client.to_string()
+            } else {
+                format!("{}, {client}", earlier.join(", "))
+            };
+            // Built from visible-ASCII header values and an IP address, so always a
+            // valid value; the `if let` only keeps a panic out of the request path.
+            if let Ok(chain) = HeaderValue::try_from(chain) {
+                entry.insert(chain);
+            }
+        }
     }
 
     headers.insert(
