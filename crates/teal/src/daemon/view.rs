@@ -59,27 +59,43 @@ impl Daemon {
                 "stopping"
             }
         };
+        let instances_of = |group: &teal_platform::GroupStatus| -> Vec<InstanceView> {
+            group
+                .instances
+                .iter()
+                .map(|i| InstanceView {
+                    id: i.id.clone(),
+                    addr: i.addr.to_string(),
+                    pid: i.pid,
+                    ready: i.ready,
+                    restarts: i.restarts,
+                    problem: i.problem.clone(),
+                })
+                .collect()
+        };
         let colors = Color::ALL
             .into_iter()
             .filter_map(|color| {
-                let deployment = world.deployment(color)?;
-                let group = groups
+                let Some(deployment) = world.deployment(color) else {
+                    // Not wanted any more but still running: its stop is draining
+                    // requests and WebSockets in the background.
+                    let group = groups
+                        .iter()
+                        .find(|g| g.color == color && !g.instances.is_empty())?;
+                    let instances = instances_of(group);
+                    return Some(ColorView {
+                        color,
+                        revision: group.revision,
+                        role: "stopping".to_owned(),
+                        replicas: 0,
+                        ready: instances.iter().filter(|i| i.ready).count() as u32,
+                        instances,
+                    });
+                };
+                let instances: Vec<InstanceView> = groups
                     .iter()
-                    .find(|g| g.color == color && g.template_hash == deployment.template_hash);
-                let instances: Vec<InstanceView> = group
-                    .map(|g| {
-                        g.instances
-                            .iter()
-                            .map(|i| InstanceView {
-                                id: i.id.clone(),
-                                addr: i.addr.to_string(),
-                                pid: i.pid,
-                                ready: i.ready,
-                                restarts: i.restarts,
-                                problem: i.problem.clone(),
-                            })
-                            .collect()
-                    })
+                    .find(|g| g.color == color && g.template_hash == deployment.template_hash)
+                    .map(instances_of)
                     .unwrap_or_default();
                 Some(ColorView {
                     color,

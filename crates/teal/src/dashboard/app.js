@@ -421,7 +421,7 @@ const ROLE_TEXT = {
   preview: "in preview for testers",
   warm: "previous version, kept warm for an instant undo",
   aborted: "aborted: users never reached it",
-  stopping: "being stopped",
+  stopping: "being stopped: finishing its requests and connections",
 };
 
 function colorCard(rollout, color) {

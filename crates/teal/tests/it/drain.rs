@@ -92,9 +92,18 @@ fn a_websocket_on_the_old_color_holds_up_neither_an_undo_nor_the_next_release() 
 
     spec.version = "v2";
     release(&sandbox, &spec, Color::Green);
-    // Blue drains: its WebSocket is still open, so its instance still runs.
+    // Blue drains: its WebSocket is still open, so its instance still runs, and
+    // `teal get` shows it on its way out.
     std::thread::sleep(Duration::from_millis(500));
     tunnel.echo("still on blue");
+    let view = sandbox.get("ws");
+    let blue = view
+        .colors
+        .iter()
+        .find(|c| c.color == Color::Blue)
+        .unwrap_or_else(|| panic!("the draining color is not shown: {:?}", view.colors));
+    assert_eq!(blue.role, "stopping");
+    assert_eq!(blue.instances.len(), 1);
 
     // The undo releases v1 again; blue runs it still, so it is kept, not restarted.
     let started = Instant::now();
