@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::{StatusCode, Version};
 use teal_core::Color;
 use teal_proxy::{Role, Tls, TlsError, TlsSetting};
@@ -41,6 +42,64 @@ async fn h2c_by_prior_knowledge_reaches_an_http1_backend() {
     let answer = plain.get("/", &[]).await;
     assert_eq!(answer.version, Version::HTTP_11);
     assert_eq!(answer.body, "blue-1");
+}
+
+#[tokio::test]
+async fn h2_requests_get_the_same_header_and_body_limits_as_http1() {
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let mut options = proxy.options();
+    options.limits.max_request_header_bytes = 4096;
+    options.limits.max_request_body_bytes = 1000;
+    proxy.set_options(options);
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let big = "x".repeat(8192);
+
+    for mut client in [Client::h2c(addr).await, Client::http1(addr).await] {
+        let answer = client.get("/", &[("x-big", &big)]).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{:?}",
+            answer.version
+        );
+        assert!(
+            answer.body.contains("max_request_header_bytes"),
+            "{}",
+            answer.body
+        );
+
+        let answer = client
+            .send(
+                hyper::Method::POST,
+                "/upload",
+                &[],
+                Bytes::from(vec![b'x'; 5000]),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{:?}",
+            answer.version
+        );
+        assert!(
+            answer.body.contains("max_request_body_bytes"),
+            "{}",
+            answer.body
+        );
+
+        // Within the limits the same connection still works.
+        let answer = client
+            .send(
+                hyper::Method::POST,
+                "/upload",
+                &[],
+                Bytes::from(vec![b'x'; 500]),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.version);
+    }
 }
 
 #[tokio::test]
@@ -710,7 +769,20 @@ mod support {
 
         /// A GET with extra headers (repeated names are sent as repeated headers).
         pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
-            let mut request = Request::new(Full::new(Bytes::new()));
+            self.send(hyper::Method::GET, path, headers, Bytes::new())
+                .await
+        }
+
+        /// A request with extra headers and a body.
+        pub async fn send(
+            &mut self,
+            method: hyper::Method,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: Bytes,
+        ) -> Answer {
+            let mut request = Request::new(Full::new(body));
+            *request.method_mut() = method;
             for (name, value) in headers {
                 request.headers_mut().append(
                     HeaderName::from_bytes(name.as_bytes()).unwrap(),
