@@ -72,6 +72,7 @@ struct Watch {
     plural: String,
     namespace: Option<String>,
     selector: String,
+    fields: String,
     events: mpsc::UnboundedSender<Value>,
 }
 
@@ -148,6 +149,26 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Field selectors on `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`), the
+/// ones every kind supports.
+fn matches_fields(object: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        let (path, value, equal) = match term.split_once("!=") {
+            Some((path, value)) => (path, value, false),
+            None => match term.split_once('=') {
+                Some((path, value)) => (path, value.trim_start_matches('='), true),
+                None => return true,
+            },
+        };
+        let actual = match path.trim() {
+            "metadata.name" => object["metadata"]["name"].as_str(),
+            "metadata.namespace" => object["metadata"]["namespace"].as_str(),
+            other => panic!("the fake supports no field selector on {other}"),
+        };
+        (actual == Some(value.trim())) == equal
+    })
+}
+
 /// Kubernetes label selector syntax: `key`, `!key`, `key=value` (or `==`),
 /// `key!=value`, `key in (a,b)`, `key notin (a,b)`, joined by commas.
 fn matches_labels(object: &Value, selector: &str) -> bool {
@@ -220,7 +241,8 @@ impl Store {
         self.watches.retain(|watch| {
             let matches = watch.plural == key.0
                 && watch.namespace.as_ref().is_none_or(|ns| *ns == key.1)
-                && matches_labels(object, &watch.selector);
+                && matches_labels(object, &watch.selector)
+                && matches_fields(object, &watch.fields);
             !matches
                 || watch
                     .events
@@ -520,6 +542,7 @@ impl FakeApi {
             plural: parsed.plural,
             namespace: (!parsed.namespace.is_empty()).then_some(parsed.namespace),
             selector: form_value(query, "labelSelector").unwrap_or_default(),
+            fields: form_value(query, "fieldSelector").unwrap_or_default(),
             events: sender,
         });
         (200, Answer::Watch(receiver))
@@ -603,6 +626,7 @@ impl FakeApi {
         match (method.as_str(), &parsed.name) {
             ("GET", None) => {
                 let selector = form_value(query, "labelSelector").unwrap_or_default();
+                let fields = form_value(query, "fieldSelector").unwrap_or_default();
                 let items: Vec<Value> = store
                     .objects
                     .iter()
@@ -610,7 +634,7 @@ impl FakeApi {
                         *p == parsed.plural && (parsed.namespace.is_empty() || *ns == namespace)
                     })
                     .map(|(_, v)| v.clone())
-                    .filter(|v| matches_labels(v, &selector))
+                    .filter(|v| matches_labels(v, &selector) && matches_fields(v, &fields))
                     .collect();
                 let rv = store.resource_version.to_string();
                 (
