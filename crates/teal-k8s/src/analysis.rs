@@ -19,7 +19,7 @@ use std::time::Duration;
 use teal_core::Color;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use teal_core::analysis::{
     AnalysisRun, KubernetesJobMetric, Measurement, Metric, Phase as AnalysisPhase, Provider,
     TealArgs, Value,
@@ -27,7 +27,7 @@ use teal_core::analysis::{
 use teal_core::rollout::{AnalysisKind, Event, Millis, Revision, Stage, Status};
 use teal_core::spec::{AnalysisTemplateSpec, Document, parse_documents};
 
-use crate::crd::{FIELD_MANAGER, ROLLOUT_LABEL, RolloutSpec};
+use crate::crd::{ROLLOUT_LABEL, RolloutSpec, create_params};
 
 /// Where the current analysis run is kept on the Rollout (JSON).
 pub const ANALYSIS_ANNOTATION: &str = "teal.dev/analysis";
@@ -258,11 +258,7 @@ async fn run_job(
         Ok(object) => object,
         Err(error) => return Measurement::failed(format!("job.spec is not a JobSpec: {error}")),
     };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    match jobs.create(&params, &object).await {
+    match jobs.create(&create_params(), &object).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {}
         Err(error) => return Measurement::failed(format!("cannot create Job {name}: {error}")),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -19,20 +19,11 @@ use teal_core::rollout::{Millis, Status};
 use crate::analysis::{self, ANALYSIS_ANNOTATION, Measurer, StoredRun};
 use crate::crd::{
     AnyRollout, COLOR_LABEL, FIELD_MANAGER, Flavor, HASH_LABEL, REVISION_ANNOTATION, ROLLOUT_LABEL,
-    STATE_ANNOTATION, TEMPLATE_ANNOTATION,
+    STATE_ANNOTATION, TEMPLATE_ANNOTATION, create_params, merge_params,
 };
 use crate::plan::{self, Action, Observed, Plan, ReplicaSetView};
 use crate::routes::Routers;
 use crate::{Error, spec_check};
-
-/// Merge patches (ReplicaSets teal owns, the Rollout's annotations with the
-/// resourceVersion they were decided on), written as teal's one field manager.
-fn merge_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    }
-}
 
 /// The finalizer teal puts on Rollouts, so Services are handed back on delete.
 pub const FINALIZER: &str = "teal.dev/cleanup";
@@ -311,15 +302,7 @@ async fn execute(
                 replicas,
             } => {
                 let rs = replica_set(flavor, rollout, name, hash, *color, *revision, *replicas)?;
-                replica_sets
-                    .create(
-                        &PostParams {
-                            field_manager: Some(FIELD_MANAGER.to_owned()),
-                            ..PostParams::default()
-                        },
-                        &rs,
-                    )
-                    .await?;
+                replica_sets.create(&create_params(), &rs).await?;
             }
             Action::UpdateReplicaSet {
                 name,

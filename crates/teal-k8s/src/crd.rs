@@ -32,6 +32,29 @@ pub const MANAGED_BY_ANNOTATION: &str = "argo-rollouts.argoproj.io/managed-by-ro
 /// The field manager of every write teal makes.
 pub const FIELD_MANAGER: &str = "teal-controller";
 
+/// Creating an object, as teal's one field manager.
+pub(crate) fn create_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PostParams::default()
+    }
+}
+
+/// Merge patches (ReplicaSets teal owns, the Rollout's annotations with the
+/// resourceVersion they were decided on), as teal's one field manager.
+pub(crate) fn merge_params() -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PatchParams::default()
+    }
+}
+
+/// Server-side apply as teal's one field manager, taking over the fields teal owns (a
+/// route's rules, a selector's hash) from whoever wrote them first.
+pub(crate) fn apply_params() -> kube::api::PatchParams {
+    kube::api::PatchParams::apply(FIELD_MANAGER).force()
+}
+
 /// A blue-green rollout on Kubernetes. The same spec as Argo Rollouts' `Rollout`
 /// (`strategy.blueGreen`), plus teal's `trafficRouting` for meshes and gateways.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -14,12 +14,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 use teal_core::Color;
 
-use crate::crd::{FIELD_MANAGER, HASH_LABEL, MANAGED_BY_ANNOTATION, ROLLOUT_LABEL, RolloutSpec};
+use crate::crd::{
+    HASH_LABEL, MANAGED_BY_ANNOTATION, ROLLOUT_LABEL, RolloutSpec, apply_params, create_params,
+};
 use crate::plan::{ObservedRoutes, ReplicaSetView};
 use crate::{Error, spec_check};
 
@@ -326,23 +328,42 @@ impl Routers<'_> {
         Ok(())
     }
 
+    /// Server-side apply of the fields teal owns in an object: `metadata` (beside its
+    /// name) and `spec`, both partial.
+    async fn apply(
+        &self,
+        resource: &ApiResource,
+        name: &str,
+        mut metadata: Value,
+        spec: Value,
+    ) -> Result<(), Error> {
+        metadata["name"] = json!(name);
+        let object = json!({
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": metadata,
+            "spec": spec,
+        });
+        self.dynamic(resource)
+            .patch(name, &apply_params(), &Patch::Apply(&object))
+            .await?;
+        Ok(())
+    }
+
     /// Sets a Service's hash selector unless it already is.
     async fn select(&self, service: &str, hash: &str) -> Result<(), Error> {
         if self.selected_hash(service).await?.as_deref() == Some(hash) {
             return Ok(());
         }
-        // Server-side apply of the two fields teal owns; the person's own fields (the
-        // rest of the selector, the ports) stay theirs.
-        let patch = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": service, "annotations": {MANAGED_BY_ANNOTATION: self.rollout}},
-            "spec": {"selector": {HASH_LABEL: hash}},
-        });
-        self.services()
-            .patch(service, &apply_params(), &Patch::Apply(&patch))
-            .await?;
-        Ok(())
+        // The two fields teal owns; the person's own fields (the rest of the selector,
+        // the ports) stay theirs.
+        self.apply(
+            &ApiResource::erase::<Service>(&()),
+            service,
+            json!({"annotations": {MANAGED_BY_ANNOTATION: self.rollout}}),
+            json!({"selector": {HASH_LABEL: hash}}),
+        )
+        .await
     }
 
     async fn point_istio(
@@ -370,18 +391,13 @@ impl Routers<'_> {
             .map(|(color, hash)| json!({"name": color.as_str(), "labels": {HASH_LABEL: hash}}))
             .collect();
         if rule.data["spec"]["subsets"] != json!(subsets) {
-            self.dynamic(&destination_rule())
-                .patch(
-                    destination_rule_name,
-                    &apply_params(),
-                    &Patch::Apply(&json!({
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "DestinationRule",
-                        "metadata": {"name": destination_rule_name},
-                        "spec": {"subsets": subsets},
-                    })),
-                )
-                .await?;
+            self.apply(
+                &destination_rule(),
+                destination_rule_name,
+                json!({}),
+                json!({"subsets": subsets}),
+            )
+            .await?;
         }
         let Some(active) = active else {
             return Ok(());
@@ -398,19 +414,13 @@ impl Routers<'_> {
             );
         }
         http.push(json!({"name": ACTIVE_ROUTE, "route": destination(active)}));
-        self.dynamic(&virtual_service())
-            .patch(
-                virtual_service_name,
-                &apply_params(),
-                &Patch::Apply(&json!({
-                    "apiVersion": "networking.istio.io/v1",
-                    "kind": "VirtualService",
-                    "metadata": {"name": virtual_service_name},
-                    "spec": {"http": http},
-                })),
-            )
-            .await?;
-        Ok(())
+        self.apply(
+            &virtual_service(),
+            virtual_service_name,
+            json!({}),
+            json!({"http": http}),
+        )
+        .await
     }
 
     async fn point_gateway(
@@ -445,19 +455,13 @@ impl Routers<'_> {
             rules.push(json!({"matches": [condition], "backendRefs": backend(preview)}));
         }
         rules.push(json!({"backendRefs": backend(active)}));
-        self.dynamic(&http_route())
-            .patch(
-                route_name,
-                &apply_params(),
-                &Patch::Apply(&json!({
-                    "apiVersion": "gateway.networking.k8s.io/v1",
-                    "kind": "HTTPRoute",
-                    "metadata": {"name": route_name},
-                    "spec": {"rules": rules},
-                })),
-            )
-            .await?;
-        Ok(())
+        self.apply(
+            &http_route(),
+            route_name,
+            json!({}),
+            json!({"rules": rules}),
+        )
+        .await
     }
 
     /// The ports of the active Service, which the per-color Services copy.
@@ -490,16 +494,13 @@ impl Routers<'_> {
                 Ok(())
             }
             Some(_) => {
-                let patch = json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {"name": name},
-                    "spec": {"selector": {HASH_LABEL: hash}},
-                });
-                self.services()
-                    .patch(&name, &apply_params(), &Patch::Apply(&patch))
-                    .await?;
-                Ok(())
+                self.apply(
+                    &ApiResource::erase::<Service>(&()),
+                    &name,
+                    json!({}),
+                    json!({"selector": {HASH_LABEL: hash}}),
+                )
+                .await
             }
             None => {
                 let service: Service = serde_json::from_value(json!({
@@ -507,25 +508,11 @@ impl Routers<'_> {
                     "spec": {"selector": selector, "ports": ports},
                 }))
                 .expect("a Service built from valid parts");
-                self.services()
-                    .create(
-                        &PostParams {
-                            field_manager: Some(FIELD_MANAGER.to_owned()),
-                            ..PostParams::default()
-                        },
-                        &service,
-                    )
-                    .await?;
+                self.services().create(&create_params(), &service).await?;
                 Ok(())
             }
         }
     }
-}
-
-/// Server-side apply as teal's one field manager, taking over the fields teal owns
-/// (a route's rules, a selector's hash) from whoever wrote them first.
-fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
 }
 
 /// The header a mesh or gateway matches to send testers to the preview: the cookie
