@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use teal_core::Color;
 use teal_core::rollout::{Millis, Status};
@@ -198,11 +198,12 @@ async fn reconcile_attempt(
     .await?;
     // A run the new state waits for starts at once; otherwise look again when a
     // measurement is due or time alone changes something.
-    let starts_now = analysis::wanted(&plan.state)
-        .is_some_and(|key| progress.stored.as_ref().is_none_or(|s| s.key != key));
+    let wanted = analysis::wanted(&plan.state);
+    let stored = progress.stored.as_ref().map(|s| s.key);
+    let starts_now = wanted.is_some_and(|key| stored != Some(key));
     let measure_at = progress
         .next_at
-        .filter(|_| analysis::wanted(&plan.state) == progress.stored.as_ref().map(|s| s.key))
+        .filter(|_| wanted == stored)
         .map(|at| Duration::from_millis(at.saturating_sub(now)));
     let wakes = [
         plan.requeue_after,
@@ -285,8 +286,7 @@ async fn execute(
     let running: BTreeMap<Color, String> = Color::ALL
         .into_iter()
         .filter_map(|color| {
-            plan.state
-                .world(&spec_check::policy(&rollout.spec))
+            plan.desired
                 .deployment(color)
                 .map(|d| (color, d.template_hash.clone()))
         })
@@ -582,14 +582,4 @@ async fn release(
             .await?;
     }
     Ok(())
-}
-
-/// The owner reference kind check for a ReplicaSet, so `kube_runtime`'s `owns` can map
-/// ReplicaSet changes back to their Rollout.
-pub fn owner_rollout(rs: &ReplicaSet) -> Option<String> {
-    rs.owner_references()
-        .iter()
-        .find(|o| o.kind == "Rollout")
-        .map(|o| o.name.clone())
-        .or_else(|| rs.meta().labels.as_ref()?.get(ROLLOUT_LABEL).cloned())
 }

@@ -146,6 +146,9 @@ pub struct Notice {
 pub struct Plan {
     /// teal's state to store on the Rollout.
     pub state: Status,
+    /// What should run where for that state; empty for an invalid spec, where nothing
+    /// is acted on.
+    pub desired: World,
     /// Writes, in order.
     pub actions: Vec<Action>,
     /// The status to publish.
@@ -174,6 +177,7 @@ pub fn plan(observed: &Observed) -> Plan {
         let changed = observed.status.message != status.message;
         return Plan {
             state: previous,
+            desired: World::default(),
             actions: Vec::new(),
             status,
             notices: changed
@@ -232,6 +236,7 @@ pub fn plan(observed: &Observed) -> Plan {
     };
     Plan {
         state,
+        desired,
         actions,
         status,
         notices,
