@@ -1138,47 +1138,12 @@ mod analysis {
 }
 
 mod teal_gateway {
-    use std::net::SocketAddr;
-
     use teal_k8s::gateway;
     use teal_proxy::{Proxy, Role};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-
-    /// A pod: answers every request on a keep-alive connection with `body`.
-    async fn pod(body: &'static str) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        buffer.drain(..end);
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        address
-    }
 
     /// One request on an open keep-alive connection; the body of the answer.
     async fn get(stream: &mut TcpStream, cookie: Option<&str>) -> String {
@@ -1211,22 +1176,6 @@ mod teal_gateway {
         }
     }
 
-    fn endpoint_slice(fake: &FakeApi, service: &str, pod: SocketAddr) {
-        fake.insert(
-            "endpointslices",
-            json!({
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": format!("{service}-x1"), "namespace": "default",
-                             "labels": {"kubernetes.io/service-name": service}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [pod.ip().to_string()], "conditions": {"ready": true}},
-                              {"addresses": ["10.9.9.9"], "conditions": {"ready": false}}],
-                "ports": [{"port": pod.port(), "protocol": "TCP"}],
-            }),
-        );
-    }
-
     #[tokio::test]
     async fn the_gateway_switches_every_keep_alive_connection_at_the_next_request() {
         let h = Harness::new("teal-gateway.yaml");
@@ -1240,7 +1189,8 @@ mod teal_gateway {
             v1.as_str(),
             "the controller keeps a Service per color"
         );
-        endpoint_slice(&h.fake, "shop-blue", pod("blue").await);
+        h.fake
+            .add_endpoint_slice("shop-blue", fake::pod("blue").await);
 
         let proxy = Proxy::new("shop");
         let sync = || async {
@@ -1273,7 +1223,8 @@ mod teal_gateway {
         h.fake.make_pods_available();
         h.reconcile(T0 + 3 * SECOND).await;
         assert_eq!(h.phase(), "Paused");
-        endpoint_slice(&h.fake, "shop-green", pod("green").await);
+        h.fake
+            .add_endpoint_slice("shop-green", fake::pod("green").await);
         sync().await;
         assert_eq!(get(&mut user, None).await, "blue");
         assert_eq!(get(&mut tester, Some("lang=en; test=true")).await, "green");

@@ -420,6 +420,24 @@ impl FakeApi {
             .push((method.to_owned(), target.to_owned(), code));
     }
 
+    /// The EndpointSlice Kubernetes keeps for `service` with one ready pod at
+    /// `address` (and one that is not ready, which must not be routed to).
+    pub fn add_endpoint_slice(&self, service: &str, address: std::net::SocketAddr) {
+        self.insert(
+            "endpointslices",
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": format!("{service}-x1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address.ip().to_string()], "conditions": {"ready": true}},
+                              {"addresses": ["10.9.9.9"], "conditions": {"ready": false}}],
+                "ports": [{"port": address.port(), "protocol": "TCP"}],
+            }),
+        );
+    }
+
     /// Every request so far.
     pub fn calls(&self) -> Vec<Call> {
         self.store.lock().unwrap().calls.clone()
@@ -766,4 +784,38 @@ fn form_value(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
+}
+
+/// A pod on loopback: answers every request on a keep-alive connection with `body`
+/// (HTTP/1.1, 200). Runs on the current tokio runtime.
+pub async fn pod(body: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buffer.drain(..end);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
 }

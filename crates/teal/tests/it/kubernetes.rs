@@ -186,52 +186,6 @@ fn teal_controller_and_the_cli_release_an_argo_rollout_through_a_kubeconfig() {
     assert!(String::from_utf8_lossy(&history.stderr).contains("--kubeconfig works with"));
 }
 
-/// A pod: answers every request on a keep-alive connection with its color.
-async fn pod(color: &'static str) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buffer.drain(..end);
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{color}",
-                        color.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// The EndpointSlice Kubernetes would keep for a Service with one ready pod.
-fn endpoint_slice(service: &str, pod: std::net::SocketAddr) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-abcde"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [pod.ip().to_string()], "conditions": {"ready": true}}],
-        "ports": [{"port": pod.port(), "protocol": "TCP"}],
-    })
-}
-
 #[test]
 fn teal_gateway_follows_the_controller_and_moves_open_connections_at_the_next_request() {
     let manifest = std::fs::read_to_string(concat!(
@@ -243,10 +197,8 @@ fn teal_gateway_follows_the_controller_and_moves_open_connections_at_the_next_re
     let _controller = Killed(cluster.controller());
     cluster.pods_come_up(1);
     cluster.wait_phase("Healthy");
-    let blue = cluster.runtime.block_on(pod("blue"));
-    cluster
-        .fake
-        .insert("endpointslices", endpoint_slice("shop-blue", blue));
+    let blue = cluster.runtime.block_on(fake::pod("blue"));
+    cluster.fake.add_endpoint_slice("shop-blue", blue);
 
     // `teal get --watch` follows the cluster too.
     let mut watch = Command::new(TEAL)
@@ -309,10 +261,8 @@ fn teal_gateway_follows_the_controller_and_moves_open_connections_at_the_next_re
     cluster.set_image("shop:2");
     cluster.pods_come_up(2);
     cluster.wait_phase("Paused");
-    let green = cluster.runtime.block_on(pod("green"));
-    cluster
-        .fake
-        .insert("endpointslices", endpoint_slice("shop-green", green));
+    let green = cluster.runtime.block_on(fake::pod("green"));
+    cluster.fake.add_endpoint_slice("shop-green", green);
     eventually(
         Duration::from_secs(30),
         "testers reach green by cookie",
