@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use teal_core::rollout::{Event, Revision, Stage, Status};
 
 use crate::analysis::{ANALYSIS_ANNOTATION, StoredRun};
+use crate::controller::owned_replica_sets;
 use crate::crd::{
     AnyRollout, COLOR_LABEL, Flavor, HASH_LABEL, REVISION_ANNOTATION, STATE_ANNOTATION,
     TEMPLATE_ANNOTATION,
@@ -185,14 +186,9 @@ pub struct Details {
 pub async fn get(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Details> {
     let found = find(client, namespace, name).await?;
     let status = found.rollout.status.clone().unwrap_or_default();
-    let uid = found.rollout.metadata.uid.clone().unwrap_or_default();
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-    let mut revisions: Vec<RevisionLine> = replica_sets
-        .list(&ListParams::default())
+    let mut revisions: Vec<RevisionLine> = owned_replica_sets(client, namespace, &found.rollout)
         .await?
-        .items
         .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
         .map(|rs| {
             let hash = rs.labels().get(HASH_LABEL).cloned().unwrap_or_default();
             let mut roles = Vec::new();
@@ -410,15 +406,7 @@ pub async fn undo(
 ) -> anyhow::Result<String> {
     let found = find(client, namespace, name).await?;
     let current = found.state().revision;
-    let uid = found.rollout.metadata.uid.clone().unwrap_or_default();
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-    let owned: Vec<ReplicaSet> = replica_sets
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
+    let owned = owned_replica_sets(client, namespace, &found.rollout).await?;
     let revision_of = |rs: &ReplicaSet| -> Option<Revision> {
         rs.annotations()
             .get(REVISION_ANNOTATION)

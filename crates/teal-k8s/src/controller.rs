@@ -213,7 +213,8 @@ async fn reconcile_attempt(
     Ok(wakes.into_iter().flatten().min())
 }
 
-async fn owned_replica_sets(
+/// The ReplicaSets `rollout` owns (selected by its labels, kept by owner reference).
+pub(crate) async fn owned_replica_sets(
     client: &Client,
     namespace: &str,
     rollout: &AnyRollout,
