@@ -20,7 +20,7 @@ use crate::analysis::{ANALYSIS_ANNOTATION, StoredRun};
 use crate::controller::owned_replica_sets;
 use crate::crd::{
     AnyRollout, COLOR_LABEL, Flavor, HASH_LABEL, REVISION_ANNOTATION, STATE_ANNOTATION,
-    TEMPLATE_ANNOTATION,
+    TEMPLATE_ANNOTATION, annotation,
 };
 use crate::spec_check;
 
@@ -55,11 +55,7 @@ pub struct Found {
 impl Found {
     /// teal's state, from the annotation the controller writes.
     pub fn state(&self) -> Status {
-        self.rollout
-            .annotations()
-            .get(STATE_ANNOTATION)
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default()
+        annotation(&self.rollout, STATE_ANNOTATION).unwrap_or_default()
     }
 }
 
@@ -221,11 +217,7 @@ pub async fn get(client: &Client, namespace: &str, name: &str) -> anyhow::Result
     Ok(Details {
         summary: summary(found.flavor, &found.rollout),
         revisions,
-        analysis: found
-            .rollout
-            .annotations()
-            .get(ANALYSIS_ANNOTATION)
-            .and_then(|json| serde_json::from_str(json).ok()),
+        analysis: annotation(&found.rollout, ANALYSIS_ANNOTATION),
         conditions: status
             .conditions
             .iter()

@@ -19,7 +19,7 @@ use teal_core::rollout::{Millis, Status};
 use crate::analysis::{self, ANALYSIS_ANNOTATION, Measurer, StoredRun};
 use crate::crd::{
     AnyRollout, COLOR_LABEL, FIELD_MANAGER, Flavor, HASH_LABEL, REVISION_ANNOTATION, ROLLOUT_LABEL,
-    STATE_ANNOTATION, TEMPLATE_ANNOTATION, create_params, merge_params,
+    STATE_ANNOTATION, TEMPLATE_ANNOTATION, annotation, create_params, merge_params,
 };
 use crate::plan::{self, Action, Observed, Plan, ReplicaSetView};
 use crate::routes::Routers;
@@ -145,14 +145,8 @@ async fn reconcile_attempt(
     } else {
         Default::default()
     };
-    let state: Option<Status> = rollout
-        .annotations()
-        .get(STATE_ANNOTATION)
-        .and_then(|json| serde_json::from_str(json).ok());
-    let stored_run: Option<StoredRun> = rollout
-        .annotations()
-        .get(ANALYSIS_ANNOTATION)
-        .and_then(|json| serde_json::from_str(json).ok());
+    let state: Option<Status> = annotation(&rollout, STATE_ANNOTATION);
+    let stored_run: Option<StoredRun> = annotation(&rollout, ANALYSIS_ANNOTATION);
     let progress = if valid {
         analysis::advance(
             client,

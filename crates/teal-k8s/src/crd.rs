@@ -431,6 +431,17 @@ pub fn crd_yaml() -> String {
 /// A Rollout of either group, read and written the same way.
 pub type AnyRollout = Object<RolloutSpec, RolloutStatus>;
 
+/// A JSON value teal keeps in one of the Rollout's annotations ([`STATE_ANNOTATION`],
+/// the analysis run); None when it is absent or unreadable.
+pub fn annotation<T: serde::de::DeserializeOwned>(rollout: &AnyRollout, key: &str) -> Option<T> {
+    rollout
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
 /// Which Rollout resource a controller manages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
