@@ -8,9 +8,15 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use base64::Engine as _;
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, UPGRADE};
+use hyper::ext::Protocol;
+use hyper::header::{
+    CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::http::request::Parts;
+use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use teal_core::Color;
 use tokio::sync::Notify;
@@ -553,21 +559,30 @@ impl Proxy {
 
         let logged = tracing::enabled!(Level::DEBUG)
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
-        let client_upgrade = (request.version() == Version::HTTP_11
-            && wants_upgrade(request.headers()))
-        .then(|| hyper::upgrade::on(&mut request));
+        let client_upgrade = match ClientUpgrade::of(&mut request) {
+            Ok(upgrade) => upgrade,
+            Err(failure) => {
+                debug!(rollout = %self.rollout, method = %request.method(), path = request.uri().path(), reason = failure.reason, "refused");
+                state.record(failure.status, true, started.elapsed());
+                return failure_response(failure, Some(&target));
+            }
+        };
         let (mut parts, body) = request.into_parts();
         let (body, upload) =
             RequestBody::new(body, state, options.limits.max_request_body_bytes, exchange);
         let hop = strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, client);
-        if client_upgrade.is_some()
-            && let Some(protocol) = hop.upgrade
-        {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(UPGRADE, protocol);
+        match &client_upgrade {
+            Some(ClientUpgrade::Http1(_)) => {
+                if let Some(protocol) = hop.upgrade {
+                    parts
+                        .headers
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts.headers.insert(UPGRADE, protocol);
+                }
+            }
+            Some(ClientUpgrade::H2WebSocket(_)) => websocket_handshake(&mut parts),
+            None => {}
         }
         to_origin_form(&mut parts);
         let upstream = Request::from_parts(parts, body);
@@ -595,18 +610,47 @@ impl Proxy {
             );
         }
 
+        if let Some(ClientUpgrade::H2WebSocket(_)) = &client_upgrade
+            && status != StatusCode::SWITCHING_PROTOCOLS
+            && status.is_success()
+        {
+            // To an HTTP/2 client a 2xx means "the tunnel is open", which it is not:
+            // the instance answered as if this were an ordinary GET.
+            let failure = self.bad_gateway(
+                &target,
+                lease.instance.addr,
+                "websocket-not-switched",
+                format!(
+                    "answered the WebSocket handshake with {status} instead of 101 Switching Protocols"
+                ),
+            );
+            state.record(failure.status, true, started.elapsed());
+            return failure_response(failure, Some(&target));
+        }
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mut parts, _empty) = response.into_parts();
             let hop = strip_hop_by_hop(&mut parts.headers);
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = hop.upgrade {
-                parts.headers.insert(UPGRADE, protocol);
-            }
+            let client_upgrade = match client_upgrade {
+                ClientUpgrade::Http1(client_upgrade) => {
+                    parts
+                        .headers
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(protocol) = hop.upgrade {
+                        parts.headers.insert(UPGRADE, protocol);
+                    }
+                    client_upgrade
+                }
+                ClientUpgrade::H2WebSocket(client_upgrade) => {
+                    // RFC 8441 §5: the stream is open once the client has a 200; the
+                    // accept value answered the key teal made up, not the client.
+                    parts.status = StatusCode::OK;
+                    parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+                    client_upgrade
+                }
+            };
             label(&mut parts.headers, &target);
             // Counted as upgraded before the request stops counting as in flight.
             let upgraded = Upgraded::enter(state);
@@ -879,6 +923,83 @@ fn body_too_large(limits: &Limits) -> Failure {
             limits.max_request_body_bytes
         ),
     }
+}
+
+/// How a client asked to leave HTTP for a tunnel to its instance.
+enum ClientUpgrade {
+    /// HTTP/1.1 `Connection: upgrade`: the instance's `101` goes back as it is.
+    Http1(OnUpgrade),
+    /// HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441), which browsers
+    /// use on HTTP/2 connections: the instance gets the HTTP/1.1 WebSocket handshake
+    /// and its `101` goes back as a `200`.
+    H2WebSocket(OnUpgrade),
+}
+
+impl ClientUpgrade {
+    /// The upgrade the request asks for, if any; a refusal for an HTTP/2 CONNECT teal
+    /// cannot carry to an HTTP/1.1 instance.
+    fn of(request: &mut Request<Incoming>) -> Result<Option<ClientUpgrade>, Failure> {
+        match request.version() {
+            Version::HTTP_11 if wants_upgrade(request.headers()) => Ok(Some(ClientUpgrade::Http1(
+                hyper::upgrade::on(&mut *request),
+            ))),
+            Version::HTTP_2 if request.method() == Method::CONNECT => {
+                match request.extensions().get::<Protocol>() {
+                    Some(protocol) if protocol.as_str().eq_ignore_ascii_case("websocket") => Ok(
+                        Some(ClientUpgrade::H2WebSocket(hyper::upgrade::on(request))),
+                    ),
+                    Some(protocol) => Err(Failure {
+                        status: StatusCode::NOT_IMPLEMENTED,
+                        reason: "connect-protocol-unsupported",
+                        message: format!(
+                            "teal: extended CONNECT for protocol {:?} is not supported; only websocket (RFC 8441) is",
+                            protocol.as_str()
+                        ),
+                    }),
+                    None => Err(Failure {
+                        status: StatusCode::METHOD_NOT_ALLOWED,
+                        reason: "connect-unsupported",
+                        message: "teal: CONNECT tunnels are not supported (teal is a reverse proxy); WebSockets over HTTP/2 use extended CONNECT with :protocol websocket".to_owned(),
+                    }),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Turns an HTTP/2 WebSocket request (RFC 8441) into the HTTP/1.1 handshake an
+/// instance expects (RFC 6455 §4.1): a GET asking to upgrade, with a fresh key.
+/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` go on as the client sent them.
+fn websocket_handshake(parts: &mut Parts) {
+    parts.method = Method::GET;
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(UPGRADE, HeaderValue::from_static("websocket"));
+    parts.headers.insert(SEC_WEBSOCKET_KEY, websocket_key());
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    let mut nonce = [0u8; 16];
+    // The key is a nonce, not a secret: should the system's generator fail, which
+    // it does not on any platform teal runs on, a time-based one still differs
+    // per connection.
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut nonce)
+        .is_err()
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        nonce = now.as_nanos().to_le_bytes();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&encoded).expect("base64 is a valid header value")
 }
 
 /// Sends the path and query only (origin-form), as an instance expects: a request in

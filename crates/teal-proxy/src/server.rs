@@ -510,7 +510,12 @@ async fn serve_http<S>(
         .keep_alive(true)
         // teal's own, cheaper: see HEADER_READ_TIMEOUT.
         .header_read_timeout(None);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441), as browsers open them once a server
+        // says it takes them.
+        .enable_connect_protocol();
     // With upgrades, so an HTTP/1.1 request may switch protocols (WebSocket).
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

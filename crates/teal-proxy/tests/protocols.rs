@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use hyper::{StatusCode, Version};
 use teal_core::Color;
-use teal_proxy::{Role, Tls, TlsError, TlsSetting};
+use teal_proxy::{Backend, ProxyOptions, Role, RouteTable, Tls, TlsError, TlsSetting};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use support::*;
 
@@ -100,6 +102,137 @@ async fn h2_requests_get_the_same_header_and_body_limits_as_http1() {
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.version);
     }
+}
+
+/// Reads exactly `n` bytes of a tunnel.
+async fn read_exactly(stream: &mut (impl AsyncRead + Unpin), n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    within("tunnel read", stream.read_exact(&mut bytes))
+        .await
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_websocket_over_h2_reaches_an_http1_backend_and_stays_on_its_color() {
+    let (blue, _) = backend("blue-1").await;
+    let (green, _) = backend("green-2").await;
+    let proxy = proxy_to(blue);
+    proxy.set_options(ProxyOptions {
+        upgraded_drain_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    });
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+    // One exchange first, so the client has the server's settings (which say it
+    // takes extended CONNECT) before it opens the WebSocket.
+    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+
+    let headers = [
+        ("sec-websocket-version", "13"),
+        ("origin", "http://shop.test"),
+    ];
+    let (answer, stream) = client
+        .websocket("/chat?room=1", "websocket", &headers)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.header("x-teal-color"), "blue");
+    // The backend got the HTTP/1.1 handshake (RFC 6455) with a key of its own...
+    assert_eq!(answer.header("echo-method"), "GET");
+    assert_eq!(answer.header("echo-version"), "HTTP/1.1");
+    assert_eq!(answer.header("echo-path"), "/chat?room=1");
+    assert_eq!(answer.header("echo-upgrade"), "websocket");
+    assert_eq!(answer.header("echo-connection"), "upgrade");
+    assert_eq!(answer.header("echo-websocket-version"), "13");
+    let key = answer.header("echo-key").to_owned();
+    let nonce = base64::engine::general_purpose::STANDARD
+        .decode(&key)
+        .unwrap_or_else(|err| panic!("the key {key:?} is not base64: {err}"));
+    assert_eq!(nonce.len(), 16, "{key}");
+    // ...and the client none of what answered that key.
+    assert_eq!(answer.header("sec-websocket-accept"), "");
+    let mut socket = stream.expect("the WebSocket was accepted");
+    assert_eq!(
+        read_exactly(&mut socket, "blue-1\n".len()).await,
+        "blue-1\n"
+    );
+    socket.write_all(b"hello").await.unwrap();
+    assert_eq!(read_exactly(&mut socket, 5).await, "hello");
+    let stats = proxy.stats(Color::Blue);
+    assert_eq!((stats.upgraded, stats.in_flight), (1, 0));
+
+    // A second WebSocket gets a key of its own.
+    let (second, _second_socket) = client.websocket("/chat", "websocket", &headers).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_ne!(second.header("echo-key"), key);
+
+    // A switch: new requests on the same HTTP/2 connection go to green, the tunnels
+    // stay on blue until its drain closes them.
+    proxy.set_routes(RouteTable {
+        active: Some(Backend {
+            color: Color::Green,
+            revision: 2,
+            instances: vec![green],
+        }),
+        ..RouteTable::default()
+    });
+    assert_eq!(client.get("/", &[]).await.body, "green-2");
+    socket.write_all(b"still blue").await.unwrap();
+    assert_eq!(read_exactly(&mut socket, 10).await, "still blue");
+    let drained = within("drain", proxy.drain(Color::Blue, Duration::from_secs(5))).await;
+    assert!(!drained, "the tunnels had to be closed");
+    // Closed cleanly: the client reads the end of its stream.
+    let mut rest = Vec::new();
+    within("end of the stream", socket.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(proxy.stats(Color::Blue).upgraded, 0);
+    // The connection itself goes on.
+    assert_eq!(client.get("/", &[]).await.body, "green-2");
+}
+
+#[tokio::test]
+async fn h2_connects_teal_cannot_carry_are_refused_with_the_reason() {
+    let (blue, _) = backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+    assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+
+    let (answer, stream) = client.websocket("/", "connect-udp", &[]).await;
+    assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(
+        answer.header("x-teal-reason"),
+        "connect-protocol-unsupported"
+    );
+    assert!(answer.body.contains("\"connect-udp\""), "{}", answer.body);
+    assert!(stream.is_none());
+
+    let answer = client
+        .send(hyper::Method::CONNECT, "", &[], Bytes::new())
+        .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.header("x-teal-reason"), "connect-unsupported");
+    // Nothing reached the backend but the first GET, and the connection still works.
+    assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_instance_that_does_not_switch_for_an_h2_websocket_is_a_502() {
+    // The backend answers every request as an ordinary GET, upgrade or not.
+    let plain = plain_backend("not a websocket server").await;
+    let proxy = proxy_to(plain);
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+    assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+    let (answer, stream) = client
+        .websocket("/chat", "websocket", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.header("x-teal-reason"), "websocket-not-switched");
+    assert!(answer.body.contains("instead of 101"), "{}", answer.body);
+    assert!(stream.is_none());
 }
 
 #[tokio::test]
@@ -442,9 +575,11 @@ mod support {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::client::conn::{http1, http2};
-    use hyper::header::{HOST, HeaderName, HeaderValue};
+    use hyper::ext::Protocol;
+    use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
     use hyper::rt::{Read, Write};
     use hyper::service::service_fn;
+    use hyper::upgrade::Upgraded;
     use hyper::{HeaderMap, Request, Response, StatusCode, Version};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use rcgen::{
@@ -454,6 +589,7 @@ mod support {
     use teal_core::Color;
     use teal_core::spec::PreviewMatch;
     use teal_proxy::{Backend, Proxy, Role, RouteTable, Tls, TlsSetting};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
@@ -599,6 +735,7 @@ mod support {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -606,7 +743,14 @@ mod support {
         (addr, gate)
     }
 
-    async fn answer(name: &str, gate: &Gate, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(
+        name: &str,
+        gate: &Gate,
+        mut request: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        if request.headers().contains_key(UPGRADE) {
+            return switch_protocols(name, &mut request);
+        }
         if request.uri().path() == "/hold" {
             gate.arrived.fetch_add(1, Ordering::SeqCst);
             gate.open.acquire().await.unwrap().forget();
@@ -632,6 +776,86 @@ mod support {
             let joined = values.join(" | ");
             headers.insert(to, HeaderValue::from_str(&joined).unwrap());
         }
+        response
+    }
+
+    /// A backend that answers every request `200` with its text, upgrade or not.
+    pub async fn plain_backend(text: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(move |_request: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        text.as_bytes(),
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    /// The future's output, failing the test when it takes more than 10 s.
+    pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took more than 10 s"))
+    }
+
+    /// Accepts a WebSocket handshake (without checking it: the test does) and says in
+    /// `echo-*` headers what it got; then greets with its name and echoes until the
+    /// other side closes.
+    fn switch_protocols(name: &str, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let echoed = [
+            ("echo-method", request.method().as_str().to_owned()),
+            ("echo-version", format!("{:?}", request.version())),
+            ("echo-path", request.uri().to_string()),
+        ];
+        let headers = response.headers_mut();
+        for (header, value) in echoed {
+            headers.insert(header, HeaderValue::from_str(&value).unwrap());
+        }
+        for (from, to) in [
+            ("connection", "echo-connection"),
+            ("upgrade", "echo-upgrade"),
+            ("sec-websocket-key", "echo-key"),
+            ("sec-websocket-version", "echo-websocket-version"),
+            ("sec-websocket-protocol", "sec-websocket-protocol"),
+        ] {
+            if let Some(value) = request.headers().get(from) {
+                headers.insert(to, value.clone());
+            }
+        }
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        // Any value: the proxy made the key up and must not hand this on.
+        headers.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        let upgrade = hyper::upgrade::on(request);
+        let greeting = format!("{name}\n");
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            if io.write_all(greeting.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut chunk = [0u8; 1024];
+            while let Ok(n @ 1..) = io.read(&mut chunk).await {
+                if io.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
         response
     }
 
@@ -765,6 +989,52 @@ mod support {
                 alpn: None,
                 peer_certificate: CertificateDer::from(Vec::new()),
             }
+        }
+
+        /// Opens a WebSocket over HTTP/2 (RFC 8441: CONNECT with `:protocol
+        /// websocket`); the answer (no body), and the stream when it was accepted.
+        pub async fn websocket(
+            &mut self,
+            path: &str,
+            protocol: &'static str,
+            headers: &[(&str, &str)],
+        ) -> (Answer, Option<TokioIo<Upgraded>>) {
+            let Sender::Http2(sender) = &mut self.sender else {
+                panic!("WebSockets over HTTP/2 need an HTTP/2 client");
+            };
+            let mut request = Request::new(Full::new(Bytes::new()));
+            *request.method_mut() = hyper::Method::CONNECT;
+            *request.version_mut() = Version::HTTP_2;
+            *request.uri_mut() = format!("{}://{}{path}", self.scheme, self.authority)
+                .parse()
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(Protocol::from_static(protocol));
+            for (name, value) in headers {
+                request.headers_mut().append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            sender.ready().await.unwrap();
+            let mut response = sender.send_request(request).await.unwrap();
+            let stream = if response.status() == StatusCode::OK {
+                Some(TokioIo::new(
+                    hyper::upgrade::on(&mut response).await.unwrap(),
+                ))
+            } else {
+                None
+            };
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let answer = Answer {
+                status: parts.status,
+                version: parts.version,
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            (answer, stream)
         }
 
         /// A GET with extra headers (repeated names are sent as repeated headers).
