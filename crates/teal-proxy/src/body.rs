@@ -178,8 +178,11 @@ enum Kind {
 
 struct Upstream {
     body: Incoming,
-    /// None when the connection must not be used again (the instance said `close`).
+    /// The connection the body arrives on, which this body drives; None once given
+    /// back or closed.
     lease: Option<Lease>,
+    /// False when the connection must not be used again (the instance said `close`).
+    reusable: bool,
     /// The request body's progress; None when there was none.
     upload: Option<Arc<Upload>>,
     idle_timeout: Duration,
@@ -189,18 +192,21 @@ struct Upstream {
 }
 
 impl ResponseBody {
-    /// The instance's body, counted on the guard's color until it ends.
+    /// The instance's body, counted on the guard's color until it ends; then the
+    /// connection goes back to its instance when `reusable`.
     pub(crate) fn upstream(
         body: Incoming,
         guard: InFlight,
-        lease: Option<Lease>,
+        lease: Lease,
+        reusable: bool,
         upload: Option<Arc<Upload>>,
         idle_timeout: Duration,
     ) -> Self {
         ResponseBody {
             kind: Kind::Upstream(Upstream {
                 body,
-                lease,
+                lease: Some(lease),
+                reusable,
                 upload,
                 idle_timeout,
                 idle: None,
@@ -230,7 +236,8 @@ impl ResponseBody {
 
 impl Upstream {
     /// The exchange is over: a clean end gives the connection back, if the request
-    /// body is all sent too (otherwise the connection is still busy sending it).
+    /// body is all sent too (otherwise the connection is still busy sending it) and
+    /// the instance keeps it open; otherwise it is closed.
     fn finish(&mut self, clean: bool) {
         let Some(lease) = self.lease.take() else {
             return;
@@ -239,7 +246,7 @@ impl Upstream {
             .upload
             .as_ref()
             .is_none_or(|upload| upload.done.load(Ordering::Acquire));
-        if clean && sent {
+        if clean && sent && self.reusable {
             lease.instance.checkin(lease.sender);
         }
     }
@@ -270,6 +277,10 @@ impl Body for ResponseBody {
                 return Poll::Ready(text.take().map(|bytes| Ok(Frame::data(bytes))));
             }
         };
+        if let Some(lease) = upstream.lease.as_mut() {
+            // Reads what the instance sent into the body polled next.
+            lease.sender.drive(cx);
+        }
         match Pin::new(&mut upstream.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 upstream.waiting = false;

@@ -38,6 +38,7 @@ mod server;
 mod timer;
 mod tls;
 mod tunnel;
+mod workers;
 
 use std::net::SocketAddr;
 

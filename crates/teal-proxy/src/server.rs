@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 use crate::body::{BoxError, ResponseBody};
 use crate::headers::Peer;
 use crate::tls::{Tls, TlsSetting};
-use crate::{Proxy, Role};
+use crate::{Proxy, Role, workers};
 
 /// How long open connections may take to finish their current request after
 /// shutdown before they are cut.
@@ -123,17 +123,32 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        Arc::clone(&proxy),
-                        role,
-                        tls.current(),
-                        Closing {
-                            signal: closing_rx.clone(),
-                            flag: Arc::clone(&closing_flag),
-                        },
-                    ));
+                    // Served on one of the proxy's threads, whose own I/O driver must
+                    // watch the socket: it leaves this runtime's here, joins that
+                    // one's there.
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            debug!(%peer, error = %err, "could not hand the connection over");
+                            continue;
+                        }
+                    };
+                    let proxy = Arc::clone(&proxy);
+                    let tls = tls.current();
+                    let closing = Closing {
+                        signal: closing_rx.clone(),
+                        flag: Arc::clone(&closing_flag),
+                    };
+                    workers::spawn(&mut connections, async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                serve_connection(stream, peer, proxy, role, tls, closing).await;
+                            }
+                            Err(err) => {
+                                debug!(%peer, error = %err, "could not take the connection over");
+                            }
+                        }
+                    });
                 }
                 Err(err) if is_connection_error(&err) => {
                     debug!(%local, error = %err, "accept failed for one connection");
