@@ -178,11 +178,8 @@ enum Kind {
 
 struct Upstream {
     body: Incoming,
-    /// The connection the body arrives on, which this body drives; None once given
-    /// back or closed.
+    /// None when the connection must not be used again (the instance said `close`).
     lease: Option<Lease>,
-    /// False when the connection must not be used again (the instance said `close`).
-    reusable: bool,
     /// The request body's progress; None when there was none.
     upload: Option<Arc<Upload>>,
     idle_timeout: Duration,
@@ -192,21 +189,18 @@ struct Upstream {
 }
 
 impl ResponseBody {
-    /// The instance's body, counted on the guard's color until it ends; then the
-    /// connection goes back to its instance when `reusable`.
+    /// The instance's body, counted on the guard's color until it ends.
     pub(crate) fn upstream(
         body: Incoming,
         guard: InFlight,
-        lease: Lease,
-        reusable: bool,
+        lease: Option<Lease>,
         upload: Option<Arc<Upload>>,
         idle_timeout: Duration,
     ) -> Self {
         ResponseBody {
             kind: Kind::Upstream(Upstream {
                 body,
-                lease: Some(lease),
-                reusable,
+                lease,
                 upload,
                 idle_timeout,
                 idle: None,
@@ -236,8 +230,7 @@ impl ResponseBody {
 
 impl Upstream {
     /// The exchange is over: a clean end gives the connection back, if the request
-    /// body is all sent too (otherwise the connection is still busy sending it) and
-    /// the instance keeps it open; otherwise it is closed.
+    /// body is all sent too (otherwise the connection is still busy sending it).
     fn finish(&mut self, clean: bool) {
         let Some(lease) = self.lease.take() else {
             return;
@@ -246,7 +239,7 @@ impl Upstream {
             .upload
             .as_ref()
             .is_none_or(|upload| upload.done.load(Ordering::Acquire));
-        if clean && sent && self.reusable {
+        if clean && sent {
             lease.instance.checkin(lease.sender);
         }
     }
@@ -277,10 +270,6 @@ impl Body for ResponseBody {
                 return Poll::Ready(text.take().map(|bytes| Ok(Frame::data(bytes))));
             }
         };
-        if let Some(lease) = upstream.lease.as_mut() {
-            // Reads what the instance sent into the body polled next.
-            lease.sender.drive(cx);
-        }
         match Pin::new(&mut upstream.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 upstream.waiting = false;

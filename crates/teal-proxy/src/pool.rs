@@ -1,25 +1,23 @@
 //! Upstream connections, kept per instance, and each instance's passive health.
 //!
 //! A request takes an idle connection of its instance (or opens one), sends on it,
-//! and gives it back when the response body has ended: the connection travels with
-//! the response body, so giving it back costs one short lock and no task. Instances
-//! live in a registry keyed by address that only route table swaps and the reaper
-//! touch; a request reaches its instance through the route table, by index, with no
-//! lookup.
+//! and gives it back when the response body has ended: the connection's
+//! `SendRequest` travels with the response body, so giving it back costs one short
+//! lock and no task. Instances live in a registry keyed by address that only route
+//! table swaps and the reaper touch; a request reaches its instance through the
+//! route table, by index, with no lookup.
 //!
-//! A connection has no task of its own: the request using it drives its reads and
-//! writes, on the client connection's task. A request and its answer then cross no
-//! task boundary (no wake-up of another task, no hand-off between threads), the way
-//! an event-loop proxy serves a request on one thread.
+//! Idle connections are kept per thread (see `workers`): a connection is served by a
+//! task of the thread that opened it, whose I/O driver watches its socket, so the
+//! requests that use it should run there too.
 
 use std::collections::HashMap;
-use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -42,41 +40,24 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 /// How often the reaper closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-/// hyper's connection state machine, with upgrades (its type cannot be named).
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
 /// A connection to an instance, ready for one request, with the timer its requests'
 /// response header timeout runs on (see `timer`).
 pub(crate) struct Sender {
     request: SendRequest<RequestBody>,
-    /// Reads and writes the connection; whoever waits on it polls it. None once it
-    /// has ended (closed, failed, or handed to an upgrade).
-    driver: Option<Driver>,
     deadline: Deadline,
-    addr: SocketAddr,
 }
 
 impl Sender {
-    /// Moves the connection on: sends what is queued, reads what has arrived (and
-    /// hands it to the response and its body, which this task polls next). True once
-    /// the connection has ended.
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.driver, self.addr, cx)
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
-        self.driver.is_none() || self.request.is_closed()
+        self.request.is_closed()
     }
 
-    /// Ready for a request: usually at once, or after a moment when its previous
-    /// response has only just ended. An error when the connection closed.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        self.drive(cx);
         self.request.poll_ready(cx)
     }
 
     pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
-        poll_fn(|cx| self.poll_ready(cx)).await
+        self.request.ready().await
     }
 
     /// Sends the request and waits for the response head; None when none came within
@@ -86,54 +67,9 @@ impl Sender {
         request: Request<RequestBody>,
         limit: Duration,
     ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
-        let mut sent = pin!(self.request.try_send_request(request));
-        let Sender {
-            driver,
-            deadline,
-            addr,
-            ..
-        } = self;
-        let answered = pin!(poll_fn(|cx| {
-            // The connection first: it writes the request and reads the answer,
-            // which completes `sent` in the same poll. (Should it end, `sent` fails.)
-            drive(driver, *addr, cx);
-            sent.as_mut().poll(cx)
-        }));
-        deadline.limit(limit, answered).await
+        let sent = pin!(self.request.try_send_request(request));
+        self.deadline.limit(limit, sent).await
     }
-
-    /// Drives the connection until it ends: after a `101`, that is when the upgrade
-    /// is handed the socket.
-    pub(crate) async fn finish(mut self) {
-        poll_fn(|cx| match self.drive(cx) {
-            true => Poll::Ready(()),
-            false => Poll::Pending,
-        })
-        .await;
-    }
-
-    /// True when the connection has ended, found without waiting (and without
-    /// registering interest for any task).
-    fn ended_while_idle(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) || self.request.is_closed()
-    }
-}
-
-/// Polls a connection's driver; true once it has ended, when it is dropped (which
-/// closes the socket and fails whatever still waits on it). An upgrade (`101`) ends
-/// it too, after handing the socket over.
-fn drive(driver: &mut Option<Driver>, addr: SocketAddr, cx: &mut Context<'_>) -> bool {
-    let Some(running) = driver.as_mut() else {
-        return true;
-    };
-    let Poll::Ready(ended) = running.as_mut().poll(cx) else {
-        return false;
-    };
-    if let Err(err) = ended {
-        debug!(instance = %addr, error = %err, "upstream connection ended with an error");
-    }
-    *driver = None;
-    true
 }
 
 /// Why no connection could be opened.
@@ -209,7 +145,7 @@ impl Instance {
         }
     }
 
-    /// Opens a connection (with `TCP_NODELAY`), driven by the requests that use it.
+    /// Opens a connection (with `TCP_NODELAY`) and starts serving it on its own task.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
@@ -223,12 +159,17 @@ impl Instance {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| ConnectError::Failed(err.to_string()))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // Upgrades hand the socket to the tunnel; otherwise this ends when the
+            // connection closes (either side, or every SendRequest dropped).
+            if let Err(err) = connection.with_upgrades().await {
+                debug!(instance = %addr, error = %err, "upstream connection ended with an error");
+            }
+        });
         Ok(Sender {
             request,
-            // Upgrades hand the socket to the tunnel when the connection ends.
-            driver: Some(Box::pin(connection.with_upgrades())),
             deadline: Deadline::new(),
-            addr: self.addr,
         })
     }
 
@@ -280,9 +221,8 @@ impl Instance {
         let mut kept = 0;
         for place in &self.idle {
             let mut idle = place.lock().unwrap_or_else(|p| p.into_inner());
-            // Nobody drives an idle connection: look whether the instance closed it.
-            idle.retain_mut(|conn| {
-                !conn.sender.ended_while_idle() && now.duration_since(conn.since) < max_idle
+            idle.retain(|conn| {
+                !conn.sender.is_closed() && now.duration_since(conn.since) < max_idle
             });
             kept += idle.len();
         }

@@ -655,12 +655,9 @@ impl Proxy {
             // Counted as upgraded before the request stops counting as in flight.
             let upgraded = Upgraded::enter(state);
             tokio::spawn(async move {
-                // hyper hands the socket over when the connection, driven here, ends;
-                // it belongs to the tunnel then, never back to the pool.
-                tokio::join!(
-                    lease.sender.finish(),
-                    tunnel::run(client_upgrade, upstream_upgrade, upgraded)
-                );
+                tunnel::run(client_upgrade, upstream_upgrade, upgraded).await;
+                // The connection belongs to the tunnel now; never back to the pool.
+                drop(lease);
             });
             drop(guard);
             return Response::from_parts(parts, ResponseBody::empty());
@@ -674,11 +671,11 @@ impl Proxy {
         label(&mut parts.headers, &target);
         // An instance that says it closes the connection will not take another
         // request on it.
+        let lease = (!hop.close).then_some(lease);
         let body = ResponseBody::upstream(
             body,
             guard,
             lease,
-            !hop.close,
             upload,
             options.limits.upstream_idle_timeout,
         );

@@ -2,12 +2,18 @@
 //! core, each on its own thread, shared by every listener of the process.
 //!
 //! An accepted connection is handed to the next thread in turn and stays there with
-//! everything it does: its requests, the instance connections they drive, its
-//! tunnels. No task moves between threads and no idle thread spins looking for work
-//! to steal. Measured with `examples/bench_proxy.rs` (wrk -t2 -c64, 5 interleaved
-//! rounds, medians, on a 2-core machine shared with wrk and the backend): on one
-//! work-stealing runtime 40,100 req/s, p99 4.8 ms; on these threads 45,500 req/s,
-//! p99 4.7 ms (rounds from 3.2 to 5.3).
+//! everything it does: its requests, the instance connections they use (opened and
+//! pooled per thread, each served by a task of that thread), its tunnels. No task
+//! moves between threads, no wake-up on the request path crosses threads, and no
+//! idle thread spins looking for work to steal.
+//!
+//! Measured with `examples/bench_proxy.rs` (wrk -t2 -c64 -d5s, 5 interleaved rounds,
+//! medians, on a 2-core machine shared with wrk and the backend): on one
+//! work-stealing runtime 40,100 req/s, p99 4.8 ms; on these threads 42,700 to 45,500
+//! req/s over two runs, p99 3.8 to 4.7 ms. Driving each instance connection inside
+//! the request's task instead of a task of its own was tried on these threads: 3,200
+//! more instructions per request (callgrind, 33,900 against 30,700) and no better
+//! in wall-clock time, so each connection keeps its task.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -43,10 +49,10 @@ pub(crate) fn places() -> usize {
 /// Where the current thread keeps what belongs to it alone (below [`places`]): its
 /// worker index, or the last place on any other thread.
 ///
-/// Sockets are watched by the I/O driver of the runtime that opened them, so an
-/// instance connection opened on one worker and used by another would have every
-/// readiness event of it cross threads (a wake-up through the other runtime's
-/// eventfd): pools keep connections per place.
+/// Sockets are watched by the I/O driver of the runtime that opened them, and an
+/// instance connection is served by a task there: used by a request on another
+/// worker, every exchange on it would cross threads (a wake-up through the other
+/// runtime's eventfd each way). Pools keep connections per place.
 pub(crate) fn place() -> usize {
     CURRENT.with(Cell::get).unwrap_or_else(|| places() - 1)
 }
