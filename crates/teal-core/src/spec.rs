@@ -216,6 +216,22 @@ pub struct ProxySettings {
     /// `passiveHealth.cooldown`: how long such an instance stays out. Proxy default
     /// 10 s.
     pub passive_health_cooldown: Option<Duration>,
+    /// `upstreamProtocol`: what the proxy speaks to the instances. Proxy default
+    /// HTTP/1.1.
+    pub upstream_protocol: Option<UpstreamProtocol>,
+}
+
+/// `upstreamProtocol` of `blueGreen.proxy`: how teal's proxy talks to instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// `http1`: HTTP/1.1 with keep-alive, whatever the client spoke.
+    #[default]
+    Http1,
+    /// `h2c`: HTTP/2 in plain text (prior knowledge), one multiplexed connection per
+    /// instance and proxy thread; what gRPC servers speak. Requests that upgrade
+    /// (WebSocket) still go over HTTP/1.1.
+    H2c,
 }
 
 /// `tls` of `activeService` / `previewService`: the PEM files a listener serves HTTPS

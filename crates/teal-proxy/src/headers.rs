@@ -28,6 +28,8 @@ pub(crate) struct Hop {
     /// The `Upgrade` header, when `Connection` lists `upgrade`: the protocol the
     /// sender asks to switch to (request) or switches to (101 response).
     pub(crate) upgrade: Option<HeaderValue>,
+    /// `TE` lists `trailers`: the client takes trailer fields (gRPC clients say so).
+    pub(crate) trailers: bool,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in
@@ -73,7 +75,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Hop {
         }
     }
     headers.remove(UPGRADE);
-    headers.remove(TE);
+    if let Some(te) = headers.remove(TE) {
+        hop.trailers = te.to_str().is_ok_and(|te| {
+            te.split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+        });
+    }
     headers.remove(TRAILER);
     headers.remove(TRANSFER_ENCODING);
     headers.remove(KEEP_ALIVE);

@@ -24,7 +24,7 @@
 //!   (a [`Tls`] certificate from PEM files, reloaded when they change).
 //!
 //! Clients speak HTTP/1.1 or HTTP/2 (ALPN over TLS, prior knowledge in plain text);
-//! instances are spoken to in HTTP/1.1.
+//! instances are spoken to in HTTP/1.1, or in h2c ([`UpstreamProtocol`]).
 
 #![warn(missing_docs)]
 
@@ -47,7 +47,7 @@ use teal_core::spec::PreviewMatch;
 
 pub use options::{
     CONNECT_TIMEOUT, Limits, POOL_IDLE_TIMEOUT, PassiveHealth, ProxyOptions,
-    UPGRADED_DRAIN_TIMEOUT, UPSTREAM_HEADER_TIMEOUT, UPSTREAM_IDLE_TIMEOUT,
+    UPGRADED_DRAIN_TIMEOUT, UPSTREAM_HEADER_TIMEOUT, UPSTREAM_IDLE_TIMEOUT, UpstreamProtocol,
 };
 pub use proxy::{ColorStats, LATENCY_BUCKETS_MS, Proxy};
 pub use server::{

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use teal_core::spec::UpstreamProtocol;
+
 /// How long an instance may take to send its response headers before teal answers
 /// `504 Gateway Timeout`.
 pub const UPSTREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +93,8 @@ pub struct ProxyOptions {
     /// How long [`crate::Proxy::drain`] waits for a color's upgraded connections
     /// before closing them. Default [`UPGRADED_DRAIN_TIMEOUT`].
     pub upgraded_drain_timeout: Duration,
+    /// What the proxy speaks to instances. Default HTTP/1.1.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl Default for ProxyOptions {
@@ -99,6 +103,7 @@ impl Default for ProxyOptions {
             limits: Limits::default(),
             health: PassiveHealth::default(),
             upgraded_drain_timeout: UPGRADED_DRAIN_TIMEOUT,
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! requests that use it should run there too.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -22,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::RequestBody;
-use crate::options::POOL_IDLE_TIMEOUT;
+use crate::options::{POOL_IDLE_TIMEOUT, UpstreamProtocol};
 use crate::timer::Deadline;
 use crate::workers;
 
@@ -40,24 +41,42 @@ const MAX_IDLE_PER_INSTANCE: usize = 256;
 /// How often the reaper closes connections idle for longer than [`POOL_IDLE_TIMEOUT`].
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
-/// A connection to an instance, ready for one request, with the timer its requests'
-/// response header timeout runs on (see `timer`).
-pub(crate) struct Sender {
-    request: SendRequest<RequestBody>,
-    deadline: Deadline,
+/// A way to send one request to an instance.
+pub(crate) enum Sender {
+    /// An HTTP/1.1 connection of its own, ready for one request, with the timer its
+    /// requests' response header timeout runs on (see `timer`).
+    Http1 {
+        request: http1::SendRequest<RequestBody>,
+        deadline: Deadline,
+    },
+    /// A handle on the instance's HTTP/2 connection, which many requests share.
+    Http2(http2::SendRequest<RequestBody>),
 }
 
 impl Sender {
     pub(crate) fn is_closed(&self) -> bool {
-        self.request.is_closed()
+        match self {
+            Sender::Http1 { request, .. } => request.is_closed(),
+            Sender::Http2(request) => request.is_closed(),
+        }
     }
 
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        self.request.poll_ready(cx)
+        match self {
+            Sender::Http1 { request, .. } => request.poll_ready(cx),
+            Sender::Http2(request) => request.poll_ready(cx),
+        }
     }
 
     pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
-        self.request.ready().await
+        poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    pub(crate) fn protocol(&self) -> UpstreamProtocol {
+        match self {
+            Sender::Http1 { .. } => UpstreamProtocol::Http1,
+            Sender::Http2(_) => UpstreamProtocol::H2c,
+        }
     }
 
     /// Sends the request and waits for the response head; None when none came within
@@ -67,8 +86,19 @@ impl Sender {
         request: Request<RequestBody>,
         limit: Duration,
     ) -> Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
-        let sent = pin!(self.request.try_send_request(request));
-        self.deadline.limit(limit, sent).await
+        match self {
+            Sender::Http1 {
+                request: sender,
+                deadline,
+            } => {
+                let sent = pin!(sender.try_send_request(request));
+                deadline.limit(limit, sent).await
+            }
+            // Requests share the connection, so each has a timer of its own.
+            Sender::Http2(sender) => tokio::time::timeout(limit, sender.try_send_request(request))
+                .await
+                .ok(),
+        }
     }
 }
 
@@ -83,8 +113,11 @@ pub(crate) enum ConnectError {
 /// One instance: its idle connections and its passive health.
 pub(crate) struct Instance {
     pub(crate) addr: SocketAddr,
-    /// Per thread that may use them (see `workers::place`).
+    /// HTTP/1.1 connections not in use, per thread that may use them (see
+    /// `workers::place`).
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// The HTTP/2 connection of each thread, when the instance is spoken to in h2c.
+    shared: Box<[Mutex<Option<http2::SendRequest<RequestBody>>>]>,
     /// Consecutive failures since the last success.
     failures: AtomicU32,
     /// Milliseconds since the registry's start until which the instance is out of
@@ -112,14 +145,28 @@ impl Instance {
             idle: (0..workers::places())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            shared: (0..workers::places()).map(|_| Mutex::new(None)).collect(),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
         }
     }
 
-    /// An idle connection, most recently used first. It may still be finishing its
-    /// previous exchange: wait for `ready()` before sending.
-    pub(crate) fn checkout(&self) -> Option<Sender> {
+    /// A connection for one request in the protocol: for HTTP/1.1 an idle one, most
+    /// recently used first (it may still be finishing its previous exchange: wait for
+    /// `ready()` before sending); for HTTP/2 this thread's shared one.
+    pub(crate) fn checkout(&self, protocol: UpstreamProtocol) -> Option<Sender> {
+        if protocol == UpstreamProtocol::H2c {
+            let mut shared = self.shared[workers::place()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            return match shared.as_ref() {
+                Some(sender) if !sender.is_closed() => Some(Sender::Http2(sender.clone())),
+                _ => {
+                    *shared = None;
+                    None
+                }
+            };
+        }
         let mut idle = self.idle[workers::place()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -133,7 +180,8 @@ impl Instance {
 
     /// Gives a connection back once its exchange is over.
     pub(crate) fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.is_closed() || sender.protocol() == UpstreamProtocol::H2c {
+            // An HTTP/2 handle is one of many; the connection stays shared.
             return;
         }
         let since = Instant::now();
@@ -145,8 +193,13 @@ impl Instance {
         }
     }
 
-    /// Opens a connection (with `TCP_NODELAY`) and starts serving it on its own task.
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+    /// Opens a connection (with `TCP_NODELAY`) in the protocol and starts serving it on
+    /// its own task; an HTTP/2 one becomes this thread's shared connection.
+    pub(crate) async fn connect(
+        &self,
+        protocol: UpstreamProtocol,
+        timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => return Err(ConnectError::Failed(io_error(&err))),
@@ -155,11 +208,31 @@ impl Instance {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(instance = %self.addr, error = %err, "could not set TCP_NODELAY");
         }
+        let addr = self.addr;
+        let io = TokioIo::new(stream);
+        if protocol == UpstreamProtocol::H2c {
+            let (request, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|err| ConnectError::Failed(err.to_string()))?;
+            tokio::spawn(async move {
+                // Ends when the connection closes (either side, or every handle gone).
+                if let Err(err) = connection.await {
+                    debug!(instance = %addr, error = %err, "upstream connection ended with an error");
+                }
+            });
+            let mut shared = self.shared[workers::place()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Two requests may have connected at once; the later one's is kept.
+            *shared = Some(request.clone());
+            return Ok(Sender::Http2(request));
+        }
         let (request, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(|err| ConnectError::Failed(err.to_string()))?;
-        let addr = self.addr;
         tokio::spawn(async move {
             // Upgrades hand the socket to the tunnel; otherwise this ends when the
             // connection closes (either side, or every SendRequest dropped).
@@ -167,7 +240,7 @@ impl Instance {
                 debug!(instance = %addr, error = %err, "upstream connection ended with an error");
             }
         });
-        Ok(Sender {
+        Ok(Sender::Http1 {
             request,
             deadline: Deadline::new(),
         })
@@ -219,6 +292,13 @@ impl Instance {
     /// Closes connections idle for longer than `max_idle`.
     fn reap(&self, now: Instant, max_idle: Duration) -> usize {
         let mut kept = 0;
+        for place in &self.shared {
+            let mut shared = place.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
+                *shared = None;
+            }
+            kept += usize::from(shared.is_some());
+        }
         for place in &self.idle {
             let mut idle = place.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|conn| {

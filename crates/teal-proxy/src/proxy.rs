@@ -13,7 +13,7 @@ use hyper::body::{Body, Incoming};
 use hyper::ext::Protocol;
 use hyper::header::{
     CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, SEC_WEBSOCKET_ACCEPT,
-    SEC_WEBSOCKET_KEY, UPGRADE,
+    SEC_WEBSOCKET_KEY, TE, UPGRADE,
 };
 use hyper::http::request::Parts;
 use hyper::upgrade::OnUpgrade;
@@ -24,7 +24,7 @@ use tracing::{Level, debug, warn};
 
 use crate::body::{Lease, RequestBody, ResponseBody, Upload};
 use crate::headers::{Peer, add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::options::{Limits, PassiveHealth, ProxyOptions};
+use crate::options::{Limits, PassiveHealth, ProxyOptions, UpstreamProtocol};
 use crate::pool::{ConnectError, Health, Instance, Registry, Sender};
 use crate::routing::{self, Route};
 use crate::server::Exchange;
@@ -585,10 +585,28 @@ impl Proxy {
             None => {}
         }
         to_origin_form(&mut parts);
+        // A tunnel is an HTTP/1.1 upgrade, whatever the instance speaks otherwise.
+        let protocol = match client_upgrade {
+            Some(_) => UpstreamProtocol::Http1,
+            None => options.upstream_protocol,
+        };
+        if protocol == UpstreamProtocol::H2c && hop.trailers {
+            // The one TE HTTP/2 allows, which gRPC servers insist on.
+            parts
+                .headers
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
         let upstream = Request::from_parts(parts, body);
 
         let forwarded = self
-            .forward(upstream, &target, state, &options, upload.as_deref())
+            .forward(
+                upstream,
+                protocol,
+                &target,
+                state,
+                &options,
+                upload.as_deref(),
+            )
             .await;
         let Forwarded {
             mut response,
@@ -690,6 +708,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut request: Request<RequestBody>,
+        protocol: UpstreamProtocol,
         target: &Target,
         state: &ColorState,
         options: &ProxyOptions,
@@ -702,9 +721,9 @@ impl Proxy {
         let mut may_retry = is_idempotent(request.method()) && count > 1;
         loop {
             let instance = &target.instances[index];
-            let (mut sender, reused) = match instance.checkout() {
+            let (mut sender, reused) = match instance.checkout(protocol) {
                 Some(sender) => (sender, true),
-                None => match instance.connect(limits.connect_timeout).await {
+                None => match instance.connect(protocol, limits.connect_timeout).await {
                     Ok(sender) => {
                         self.registry.start_reaper();
                         (sender, false)
@@ -736,11 +755,14 @@ impl Proxy {
                 // Closed while idle: take the next one (nothing was sent).
                 continue;
             }
-            if !request.headers().contains_key(HOST) {
+            if !request.headers().contains_key(HOST) && request.uri().authority().is_none() {
                 // HTTP/1.0 clients may send none; HTTP/1.1 servers need one.
                 if let Ok(host) = HeaderValue::try_from(instance.addr.to_string()) {
                     request.headers_mut().insert(HOST, host);
                 }
+            }
+            if protocol == UpstreamProtocol::H2c {
+                to_h2_form(&mut request);
             }
             let sent = sender.send(request, limits.response_header_timeout).await;
             match sent {
@@ -1021,6 +1043,34 @@ fn to_origin_form(parts: &mut Parts) {
         .cloned()
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
+}
+
+/// Gives a request in origin-form the form HTTP/2 sends (RFC 9113 §8.3.1): the Host
+/// as `:authority` (in the URI, which hyper sends as the pseudo-headers), `http` as
+/// `:scheme`. Leaves one already in that form as it is (a retry).
+fn to_h2_form(request: &mut Request<RequestBody>) {
+    *request.version_mut() = Version::HTTP_2;
+    if request.uri().authority().is_some() {
+        return;
+    }
+    let Some(host) = request.headers_mut().remove(HOST) else {
+        return;
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let uri = host
+        .to_str()
+        .ok()
+        .and_then(|host| format!("http://{host}{path}").parse::<Uri>().ok());
+    match uri {
+        Some(uri) => *request.uri_mut() = uri,
+        // A Host that cannot be an authority: keep it a header.
+        None => {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
 }
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are

@@ -2,9 +2,9 @@
 //!
 //! One port speaks HTTP/1.1 and HTTP/2: over TLS the client picks with ALPN, in plain
 //! text an HTTP/2 client starts with the connection preface ("prior knowledge", h2c)
-//! and anything else is HTTP/1.1. Instances are always spoken to in HTTP/1.1; what an
-//! HTTP/2 request carries differently (`:authority`, split cookies) is put back into
-//! HTTP/1.1 form before it is routed.
+//! and anything else is HTTP/1.1. What an HTTP/2 request carries differently
+//! (`:authority`, split cookies) is put back into HTTP/1.1 form before it is routed;
+//! the proxy gives it HTTP/2 form again for instances spoken to in h2c.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -64,7 +64,7 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until a new connection has sent something; false if it closed or stayed
-/// silent for [`FIRST_BYTES_TIMEOUT`].
+/// silent for `FIRST_BYTES_TIMEOUT` (30 s).
 ///
 /// Hyper closes a connection it has read nothing from when told to shut down. A client
 /// that connected just before a shutdown is about to send, and the socket it connected

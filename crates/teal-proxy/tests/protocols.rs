@@ -9,7 +9,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hyper::{StatusCode, Version};
 use teal_core::Color;
-use teal_proxy::{Backend, ProxyOptions, Role, RouteTable, Tls, TlsError, TlsSetting};
+use teal_proxy::{
+    Backend, ProxyOptions, Role, RouteTable, Tls, TlsError, TlsSetting, UpstreamProtocol,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use support::*;
@@ -233,6 +235,97 @@ async fn an_instance_that_does_not_switch_for_an_h2_websocket_is_a_502() {
     assert_eq!(answer.header("x-teal-reason"), "websocket-not-switched");
     assert!(answer.body.contains("instead of 101"), "{}", answer.body);
     assert!(stream.is_none());
+}
+
+#[tokio::test]
+async fn with_upstream_h2c_a_grpc_call_reaches_an_h2c_instance_trailers_and_all() {
+    let (blue, blue_connections) = h2c_backend("blue-1").await;
+    let (green, _) = h2c_backend("green-2").await;
+    let proxy = proxy_to(blue);
+    proxy.set_options(ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    });
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+
+    let mut client = Client::h2c(addr).await;
+    let call = [("te", "trailers"), ("content-type", "application/grpc")];
+    let answer = client
+        .send(
+            hyper::Method::POST,
+            "/shop.Cart/Add",
+            &call,
+            Bytes::from_static(b"item"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body, "blue-1");
+    assert_eq!(answer.header("x-teal-color"), "blue");
+    // The trailers gRPC puts its status in came through.
+    assert_eq!(answer.trailers.get("grpc-status").unwrap(), "0");
+    // The instance was spoken to in HTTP/2, with the client's authority and the TE
+    // gRPC servers insist on.
+    assert_eq!(answer.header("echo-version"), "HTTP/2.0");
+    assert_eq!(
+        answer.header("echo-authority"),
+        format!("localhost:{}", addr.port())
+    );
+    assert_eq!(answer.header("echo-path"), "/shop.Cart/Add");
+    assert_eq!(answer.header("echo-te"), "trailers");
+
+    // Requests at once share the one connection to the instance.
+    let answers = client.concurrent(20, "/shop.Cart/List").await;
+    assert!(answers.iter().all(|a| a.body == "blue-1"), "{answers:?}");
+    assert_eq!(
+        blue_connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // An HTTP/1.1 client reaches the same instance in HTTP/2.
+    let mut plain = Client::http1(addr).await;
+    let answer = plain.get("/", &[]).await;
+    assert_eq!(answer.body, "blue-1");
+    assert_eq!(answer.header("echo-version"), "HTTP/2.0");
+
+    // A switch moves the next call on the same client connection to green.
+    proxy.set_routes(RouteTable {
+        active: Some(Backend {
+            color: Color::Green,
+            revision: 2,
+            instances: vec![green],
+        }),
+        ..RouteTable::default()
+    });
+    let answer = client
+        .send(hyper::Method::POST, "/shop.Cart/Add", &call, Bytes::new())
+        .await;
+    assert_eq!(answer.body, "green-2");
+    assert_eq!(answer.trailers.get("grpc-status").unwrap(), "0");
+}
+
+#[tokio::test]
+async fn a_closed_h2c_connection_is_replaced_without_failing_a_request() {
+    // The instance closes each connection (GOAWAY) after its first answer, as a
+    // server that restarts or rotates its connections does.
+    let (blue, connections) = h2c_backend_closing_after_one("blue-1").await;
+    let proxy = proxy_to(blue);
+    proxy.set_options(ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    });
+    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+    for round in 1..=3 {
+        let answer = client.get("/", &[]).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "blue-1"),
+            "request {round}: {answer:?}"
+        );
+        // Let the GOAWAY arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -895,6 +988,8 @@ mod support {
         pub version: Version,
         pub headers: HeaderMap,
         pub body: String,
+        /// Trailer fields after the body (empty when none came).
+        pub trailers: HeaderMap,
     }
 
     impl Answer {
@@ -1026,15 +1121,7 @@ mod support {
             } else {
                 None
             };
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            let answer = Answer {
-                status: parts.status,
-                version: parts.version,
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            };
-            (answer, stream)
+            (Answer::read(response).await, stream)
         }
 
         /// A GET with extra headers (repeated names are sent as repeated headers).
@@ -1077,14 +1164,136 @@ mod support {
                     sender.send_request(request).await.unwrap()
                 }
             };
+            Answer::read(response).await
+        }
+
+        /// `n` requests sent at once on this HTTP/2 connection, bodies collected.
+        pub async fn concurrent(&self, n: usize, path: &str) -> Vec<Answer> {
+            let Sender::Http2(sender) = &self.sender else {
+                panic!("concurrent requests need an HTTP/2 client");
+            };
+            let uri = format!("{}://{}{path}", self.scheme, self.authority);
+            let calls: Vec<_> = (0..n)
+                .map(|_| {
+                    let mut sender = sender.clone();
+                    let request = Request::post(&uri)
+                        .version(Version::HTTP_2)
+                        .header("te", "trailers")
+                        .body(Full::new(Bytes::from_static(b"item")))
+                        .unwrap();
+                    tokio::spawn(async move {
+                        let response = sender.send_request(request).await.unwrap();
+                        Answer::read(response).await
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            answers
+        }
+    }
+
+    impl Answer {
+        async fn read(response: Response<Incoming>) -> Answer {
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let body = collected.to_bytes();
             Answer {
                 status: parts.status,
                 version: parts.version,
                 headers: parts.headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                trailers,
             }
         }
+    }
+
+    /// Like [`h2c_backend`], but each connection is closed (GOAWAY, then the end of
+    /// the connection) once it has answered one request.
+    pub async fn h2c_backend_closing_after_one(
+        name: &'static str,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let answered = Arc::new(tokio::sync::Notify::new());
+                let notify = Arc::clone(&answered);
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    notify.notify_one();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                });
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        () = answered.notified() => {}
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    /// An HTTP/2-only (h2c) backend, as gRPC servers are: answers every request with
+    /// its name and the trailer `grpc-status: 0`, and tells in `echo-*` headers the
+    /// version, `:authority`, path and `te` it received. The count is of the
+    /// connections it accepted.
+    pub async fn h2c_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(move |request: Request<Incoming>| async move {
+                    let echoed = [
+                        ("echo-version", format!("{:?}", request.version())),
+                        (
+                            "echo-authority",
+                            request
+                                .uri()
+                                .authority()
+                                .map_or(String::new(), |a| a.to_string()),
+                        ),
+                        ("echo-path", request.uri().path().to_owned()),
+                        (
+                            "echo-te",
+                            request
+                                .headers()
+                                .get("te")
+                                .map_or(String::new(), |te| te.to_str().unwrap().to_owned()),
+                        ),
+                    ];
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    let body = Full::new(Bytes::from_static(name.as_bytes()))
+                        .with_trailers(std::future::ready(Some(Ok::<_, Infallible>(trailers))));
+                    let mut response = Response::new(body);
+                    for (header, value) in echoed {
+                        response
+                            .headers_mut()
+                            .insert(header, HeaderValue::from_str(&value).unwrap());
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, connections)
     }
 }

@@ -2,7 +2,9 @@
 //! and version, has `/healthz` and `/ready`, and can be told to fail a share of
 //! requests, to answer slowly, or never to become ready. A request that asks for an
 //! upgrade (`Connection: upgrade`, as a WebSocket handshake does) is answered `101` and
-//! the connection then echoes whatever it receives, like a WebSocket held open.
+//! the connection then echoes whatever it receives, like a WebSocket held open. It
+//! speaks HTTP/1.1 and, to a client that starts with the HTTP/2 preface, h2c (as
+//! gRPC servers do); `x-demo-protocol` says which a request came in.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 /// How the demo app behaves; every field also has an environment variable.
@@ -78,9 +80,8 @@ pub async fn run(options: DemoAppOptions) -> anyhow::Result<()> {
                 let app = app.clone();
                 async move { Ok::<_, hyper::Error>(app.answer(request).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
@@ -106,6 +107,17 @@ impl App {
             headers.insert(hyper::header::UPGRADE, protocol);
             return response;
         }
+        let mut response = self.answer_request(&request).await;
+        if let Ok(protocol) = format!("{:?}", request.version()).parse() {
+            response.headers_mut().insert("x-demo-protocol", protocol);
+        }
+        response
+    }
+
+    async fn answer_request(
+        &self,
+        request: &Request<hyper::body::Incoming>,
+    ) -> Response<Full<Bytes>> {
         let path = request.uri().path();
         match path {
             "/healthz" => return self.text(StatusCode::OK, "ok\n".to_owned()),

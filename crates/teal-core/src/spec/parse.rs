@@ -20,7 +20,7 @@ use super::raw::{
 };
 use super::{
     API_VERSION, AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe,
-    ProbeAction, Process, ProxySettings, RolloutSpec, Template, TlsFiles,
+    ProbeAction, Process, ProxySettings, RolloutSpec, Template, TlsFiles, UpstreamProtocol,
 };
 
 /// The `apiVersion` of Argo Rollouts manifests, accepted so they load unchanged.
@@ -842,6 +842,21 @@ fn validate_proxy(raw: &RawProxy, path: &str, errors: &mut Errors<'_>) -> ProxyS
             errors,
         ))
     });
+    let upstream_protocol =
+        raw.upstream_protocol
+            .as_ref()
+            .map(|field| match field.value.as_str() {
+                "http1" => UpstreamProtocol::Http1,
+                "h2c" => UpstreamProtocol::H2c,
+                other => {
+                    errors.at(
+                        &field.referenced,
+                        &format!("{path}.upstreamProtocol"),
+                        format!("expected http1 or h2c, found \"{}\"", other.escape_debug()),
+                    );
+                    UpstreamProtocol::Http1
+                }
+            });
     ProxySettings {
         connect_timeout,
         response_header_timeout,
@@ -851,6 +866,7 @@ fn validate_proxy(raw: &RawProxy, path: &str, errors: &mut Errors<'_>) -> ProxyS
         max_request_body_bytes,
         passive_health_failures,
         passive_health_cooldown: cooldown,
+        upstream_protocol,
     }
 }
 

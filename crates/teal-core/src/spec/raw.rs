@@ -285,6 +285,7 @@ pub(super) struct RawProxy {
     pub max_request_header_bytes: Option<Spanned<i64>>,
     pub max_request_body_bytes: Option<Spanned<i64>>,
     pub passive_health: Option<RawPassiveHealth>,
+    pub upstream_protocol: Option<Spanned<String>>,
 }
 
 /// `proxy.passiveHealth`.

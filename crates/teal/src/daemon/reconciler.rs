@@ -397,6 +397,9 @@ pub(super) fn proxy_options(spec: &RolloutSpec) -> ProxyOptions {
     if let Some(cooldown) = settings.passive_health_cooldown {
         options.health.cooldown = cooldown;
     }
+    if let Some(protocol) = settings.upstream_protocol {
+        options.upstream_protocol = protocol;
+    }
     if let Some(timeout) = settings.upgraded_drain_timeout {
         options.upgraded_drain_timeout = timeout;
     }

@@ -185,3 +185,40 @@ fn proxy_limits_from_the_spec_are_enforced_and_follow_a_new_apply() {
     assert_eq!(post(active, 1000).0, 200);
     assert_eq!(post(active, 1001).0, 413);
 }
+
+/// The protocol the instance says a GET through the listener reached it in.
+fn protocol_at_instance(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = "GET / HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("x-demo-protocol: "))
+        .unwrap_or_else(|| panic!("no x-demo-protocol in {answer}"))
+        .to_owned()
+}
+
+#[test]
+fn upstream_protocol_h2c_speaks_http2_to_the_instances_and_follows_a_new_apply() {
+    let sandbox = Sandbox::start();
+    let mut spec = DemoSpec::new("grpc", "v1");
+    spec.replicas = 1;
+    spec.strategy_extra = "      proxy: {upstreamProtocol: h2c}\n".to_owned();
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let live = sandbox.wait_for("grpc", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    // The client speaks HTTP/1.1 to teal; teal speaks HTTP/2 to the instance.
+    assert_eq!(protocol_at_instance(active), "HTTP/2.0");
+
+    // Same template, the setting removed: the next request goes in HTTP/1.1.
+    spec.strategy_extra = String::new();
+    let applied = sandbox.apply_ok("spec.yaml", &spec.yaml());
+    assert!(applied.contains("configured"), "{applied}");
+    assert_eq!(protocol_at_instance(active), "HTTP/1.1");
+}

@@ -9,7 +9,7 @@ use super::{SpecError, SpecErrors, parse_documents};
 use crate::analysis::{BuiltinMetric, Condition, Measure, Metric, Provider, Types};
 use crate::spec::{
     AnalysisTemplateSpec, BlueGreen, Document, EnvVar, NameValue, PreviewMatch, Probe, ProbeAction,
-    Process, ProxySettings, RolloutSpec, Template, TlsFiles,
+    Process, ProxySettings, RolloutSpec, Template, TlsFiles, UpstreamProtocol,
 };
 
 mod analysis;
@@ -1098,7 +1098,7 @@ fn directives_stay_with_their_document() {
 fn proxy_settings_are_read_and_left_out_ones_stay_none() {
     let spec = rollout(&minimal_with(
         11,
-        "      proxy:\n        connectTimeout: 250ms\n        upgradedDrainTimeout: 1m30s\n        maxRequestBodyBytes: 1024\n        passiveHealth: {consecutiveFailures: 0}\n",
+        "      proxy:\n        connectTimeout: 250ms\n        upgradedDrainTimeout: 1m30s\n        maxRequestBodyBytes: 1024\n        passiveHealth: {consecutiveFailures: 0}\n        upstreamProtocol: h2c\n",
     ));
     assert_eq!(
         spec.strategy.proxy,
@@ -1107,6 +1107,7 @@ fn proxy_settings_are_read_and_left_out_ones_stay_none() {
             upgraded_drain_timeout: Some(Duration::from_secs(90)),
             max_request_body_bytes: Some(1024),
             passive_health_failures: Some(0),
+            upstream_protocol: Some(UpstreamProtocol::H2c),
             ..ProxySettings::default()
         }
     );
@@ -1117,9 +1118,9 @@ fn proxy_settings_are_read_and_left_out_ones_stay_none() {
 fn bad_proxy_settings_are_all_reported_where_they_are() {
     let all = errors(&minimal_with(
         11,
-        "      proxy:\n        connectTimeout: 0s\n        responseHeaderTimeout: soon\n        maxRequestHeaderBytes: 10\n        passiveHealth: {cooldown: -1s}\n",
+        "      proxy:\n        connectTimeout: 0s\n        responseHeaderTimeout: soon\n        maxRequestHeaderBytes: 10\n        passiveHealth: {cooldown: -1s}\n        upstreamProtocol: http2\n",
     ));
-    assert_eq!(all.len(), 4, "{all:#?}");
+    assert_eq!(all.len(), 5, "{all:#?}");
     let path = "spec.strategy.blueGreen.proxy";
     assert_error(
         &all[0],
@@ -1148,6 +1149,13 @@ fn bad_proxy_settings_are_all_reported_where_they_are() {
         35,
         &format!("{path}.passiveHealth.cooldown"),
         "expected a duration",
+    );
+    assert_error(
+        &all[4],
+        17,
+        27,
+        &format!("{path}.upstreamProtocol"),
+        "expected http1 or h2c, found \"http2\"",
     );
 }
 
