@@ -14,13 +14,16 @@ use teal_proxy::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+mod support;
+
+use clients::*;
 use support::*;
 
 #[tokio::test]
 async fn h2c_by_prior_knowledge_reaches_an_http1_backend() {
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
 
     let mut client = Client::h2c(addr).await;
     let answer = client
@@ -39,7 +42,8 @@ async fn h2c_by_prior_knowledge_reaches_an_http1_backend() {
         format!("localhost:{}", addr.port())
     );
     assert_eq!(answer.header("echo-cookie"), "a=1; b=2");
-    assert_eq!(answer.header("echo-forwarded-proto"), "http");
+    assert_eq!(answer.headers.get_all("echo-cookie").iter().count(), 1);
+    assert_eq!(answer.header("echo-x-forwarded-proto"), "http");
 
     // HTTP/1.1 still works on the same port.
     let mut plain = Client::http1(addr).await;
@@ -50,13 +54,13 @@ async fn h2c_by_prior_knowledge_reaches_an_http1_backend() {
 
 #[tokio::test]
 async fn h2_requests_get_the_same_header_and_body_limits_as_http1() {
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
     let mut options = proxy.options();
     options.limits.max_request_header_bytes = 4096;
     options.limits.max_request_body_bytes = 1000;
     proxy.set_options(options);
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let big = "x".repeat(8192);
 
     for mut client in [Client::h2c(addr).await, Client::http1(addr).await] {
@@ -117,14 +121,14 @@ async fn read_exactly(stream: &mut (impl AsyncRead + Unpin), n: usize) -> String
 
 #[tokio::test]
 async fn a_websocket_over_h2_reaches_an_http1_backend_and_stays_on_its_color() {
-    let (blue, _) = backend("blue-1").await;
-    let (green, _) = backend("green-2").await;
+    let blue = backend("blue-1").await;
+    let green = backend("green-2").await;
     let proxy = proxy_to(blue);
     proxy.set_options(ProxyOptions {
         upgraded_drain_timeout: Duration::from_millis(300),
         ..ProxyOptions::default()
     });
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let mut client = Client::h2c(addr).await;
     // One exchange first, so the client has the server's settings (which say it
     // takes extended CONNECT) before it opens the WebSocket.
@@ -145,8 +149,8 @@ async fn a_websocket_over_h2_reaches_an_http1_backend_and_stays_on_its_color() {
     assert_eq!(answer.header("echo-path"), "/chat?room=1");
     assert_eq!(answer.header("echo-upgrade"), "websocket");
     assert_eq!(answer.header("echo-connection"), "upgrade");
-    assert_eq!(answer.header("echo-websocket-version"), "13");
-    let key = answer.header("echo-key").to_owned();
+    assert_eq!(answer.header("echo-sec-websocket-version"), "13");
+    let key = answer.header("echo-sec-websocket-key").to_owned();
     let nonce = base64::engine::general_purpose::STANDARD
         .decode(&key)
         .unwrap_or_else(|err| panic!("the key {key:?} is not base64: {err}"));
@@ -166,7 +170,7 @@ async fn a_websocket_over_h2_reaches_an_http1_backend_and_stays_on_its_color() {
     // A second WebSocket gets a key of its own.
     let (second, _second_socket) = client.websocket("/chat", "websocket", &headers).await;
     assert_eq!(second.status, StatusCode::OK);
-    assert_ne!(second.header("echo-key"), key);
+    assert_ne!(second.header("echo-sec-websocket-key"), key);
 
     // A switch: new requests on the same HTTP/2 connection go to green, the tunnels
     // stay on blue until its drain closes them.
@@ -196,9 +200,9 @@ async fn a_websocket_over_h2_reaches_an_http1_backend_and_stays_on_its_color() {
 
 #[tokio::test]
 async fn h2_connects_teal_cannot_carry_are_refused_with_the_reason() {
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let mut client = Client::h2c(addr).await;
     assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
 
@@ -225,7 +229,7 @@ async fn an_instance_that_does_not_switch_for_an_h2_websocket_is_a_502() {
     // The backend answers every request as an ordinary GET, upgrade or not.
     let plain = plain_backend("not a websocket server").await;
     let proxy = proxy_to(plain);
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let mut client = Client::h2c(addr).await;
     assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
     let (answer, stream) = client
@@ -246,7 +250,7 @@ async fn with_upstream_h2c_a_grpc_call_reaches_an_h2c_instance_trailers_and_all(
         upstream_protocol: UpstreamProtocol::H2c,
         ..ProxyOptions::default()
     });
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
 
     let mut client = Client::h2c(addr).await;
     let call = [("te", "trailers"), ("content-type", "application/grpc")];
@@ -313,7 +317,7 @@ async fn a_closed_h2c_connection_is_replaced_without_failing_a_request() {
         upstream_protocol: UpstreamProtocol::H2c,
         ..ProxyOptions::default()
     });
-    let addr = start(&proxy, Role::Active, TlsSetting::default()).await;
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let mut client = Client::h2c(addr).await;
     for round in 1..=3 {
         let answer = client.get("/", &[]).await;
@@ -332,9 +336,9 @@ async fn a_closed_h2c_connection_is_replaced_without_failing_a_request() {
 async fn https_request_is_answered_through_the_proxy() {
     let ca = Ca::new();
     let files = CertFiles::new(&ca.issue("first"));
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, files.setting()).await;
+    let addr = start_tls(&proxy, Role::Active, files.setting()).await;
 
     let mut client = Client::tls(addr, &ca, &[b"http/1.1"]).await;
     assert_eq!(client.alpn.as_deref(), Some(&b"http/1.1"[..]));
@@ -346,7 +350,7 @@ async fn https_request_is_answered_through_the_proxy() {
         answer.header("echo-host"),
         format!("localhost:{}", addr.port())
     );
-    assert_eq!(answer.header("echo-forwarded-proto"), "https");
+    assert_eq!(answer.header("echo-x-forwarded-proto"), "https");
 
     // A client that offers no ALPN at all gets HTTP/1.1 too.
     let mut client = Client::tls(addr, &ca, &[]).await;
@@ -358,9 +362,9 @@ async fn https_request_is_answered_through_the_proxy() {
 async fn h2_is_chosen_by_alpn_and_reaches_an_http1_backend() {
     let ca = Ca::new();
     let files = CertFiles::new(&ca.issue("first"));
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, files.setting()).await;
+    let addr = start_tls(&proxy, Role::Active, files.setting()).await;
 
     let mut client = Client::tls(addr, &ca, &[b"h2", b"http/1.1"]).await;
     assert_eq!(client.alpn.as_deref(), Some(&b"h2"[..]));
@@ -375,7 +379,7 @@ async fn h2_is_chosen_by_alpn_and_reaches_an_http1_backend() {
             answer.header("echo-host"),
             format!("localhost:{}", addr.port())
         );
-        assert_eq!(answer.header("echo-forwarded-proto"), "https");
+        assert_eq!(answer.header("echo-x-forwarded-proto"), "https");
     }
     assert_eq!(proxy.stats(Color::Blue).responses_2xx, 3);
 }
@@ -386,9 +390,9 @@ async fn rotated_certificate_is_presented_to_new_connections_while_open_ones_go_
     let first = ca.issue("first");
     let second = ca.issue("second");
     let files = CertFiles::new(&first);
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, files.setting()).await;
+    let addr = start_tls(&proxy, Role::Active, files.setting()).await;
 
     let mut old_h1 = Client::tls(addr, &ca, &[b"http/1.1"]).await;
     let mut old_h2 = Client::tls(addr, &ca, &[b"h2"]).await;
@@ -415,9 +419,9 @@ async fn certificate_files_that_do_not_load_leave_the_previous_certificate_in_pl
     let first = ca.issue("first");
     let second = ca.issue("second");
     let files = CertFiles::new(&first);
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
-    let addr = start(&proxy, Role::Active, files.setting()).await;
+    let addr = start_tls(&proxy, Role::Active, files.setting()).await;
 
     // Half a rotation: the new certificate, the old key.
     std::fs::write(&files.cert, &second.cert_pem).unwrap();
@@ -475,10 +479,10 @@ async fn loading_refuses_missing_files_and_keys_of_other_certificates() {
 async fn tls_can_be_switched_on_for_new_connections_of_a_serving_listener() {
     let ca = Ca::new();
     let files = CertFiles::new(&ca.issue("first"));
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
     let setting = TlsSetting::default();
-    let addr = start(&proxy, Role::Active, setting.clone()).await;
+    let addr = start_tls(&proxy, Role::Active, setting.clone()).await;
 
     let mut plain = Client::http1(addr).await;
     assert_eq!(plain.get("/", &[]).await.body, "blue-1");
@@ -494,7 +498,7 @@ async fn tls_can_be_switched_on_for_new_connections_of_a_serving_listener() {
 async fn shutdown_lets_an_in_flight_h2_request_finish() {
     let ca = Ca::new();
     let files = CertFiles::new(&ca.issue("first"));
-    let (blue, gate) = backend("blue-1").await;
+    let (blue, gate) = gated_backend("blue-1").await;
     let proxy = proxy_to(blue);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -533,7 +537,7 @@ async fn a_tls_handshake_under_way_at_shutdown_is_finished_and_its_request_answe
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = Ca::new();
     let files = CertFiles::new(&ca.issue("first"));
-    let (blue, _) = backend("blue-1").await;
+    let blue = backend("blue-1").await;
     let proxy = proxy_to(blue);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -656,20 +660,22 @@ impl tokio::io::AsyncWrite for SlowAfterFirstWrite {
     }
 }
 
-mod support {
+mod clients {
+    //! What only these tests need: TLS certificates, HTTP/1.1 and HTTP/2 clients (plain
+    //! and TLS), and HTTP/2 backends.
+
     use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::client::conn::{http1, http2};
     use hyper::ext::Protocol;
-    use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE};
+    use hyper::header::{HOST, HeaderName, HeaderValue};
     use hyper::rt::{Read, Write};
     use hyper::service::service_fn;
     use hyper::upgrade::Upgraded;
@@ -679,12 +685,8 @@ mod support {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
     use rustls::pki_types::{CertificateDer, ServerName};
-    use teal_core::Color;
-    use teal_core::spec::PreviewMatch;
-    use teal_proxy::{Backend, Proxy, Role, RouteTable, Tls, TlsSetting};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use teal_proxy::{Tls, TlsSetting};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
     use tokio_rustls::TlsConnector;
 
@@ -780,98 +782,6 @@ mod support {
         }
     }
 
-    /// Holds `/hold` requests until released, and counts how many arrived.
-    #[derive(Clone)]
-    pub struct Gate {
-        arrived: Arc<AtomicUsize>,
-        open: Arc<Semaphore>,
-    }
-
-    impl Gate {
-        pub fn release(&self, n: usize) {
-            self.open.add_permits(n);
-        }
-
-        pub async fn wait_arrived(&self, n: usize) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.arrived.load(Ordering::SeqCst) < n {
-                assert!(Instant::now() < deadline, "{n} held requests never arrived");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-
-    /// An HTTP/1.1-only backend that answers with its name and tells, in `echo-*`
-    /// headers, the version, path, Host, Cookie and X-Forwarded-Proto it received. `/hold` waits until
-    /// the gate is released.
-    pub async fn backend(name: &str) -> (SocketAddr, Gate) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let gate = Gate {
-            arrived: Arc::new(AtomicUsize::new(0)),
-            open: Arc::new(Semaphore::new(0)),
-        };
-        let name: Arc<str> = Arc::from(name);
-        let accept_gate = gate.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let name = Arc::clone(&name);
-                let gate = accept_gate.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let name = Arc::clone(&name);
-                        let gate = gate.clone();
-                        async move { Ok::<_, Infallible>(answer(&name, &gate, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        (addr, gate)
-    }
-
-    async fn answer(
-        name: &str,
-        gate: &Gate,
-        mut request: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        if request.headers().contains_key(UPGRADE) {
-            return switch_protocols(name, &mut request);
-        }
-        if request.uri().path() == "/hold" {
-            gate.arrived.fetch_add(1, Ordering::SeqCst);
-            gate.open.acquire().await.unwrap().forget();
-        }
-        let mut response = Response::new(Full::new(Bytes::from(name.to_owned())));
-        let headers = response.headers_mut();
-        let version = format!("{:?}", request.version());
-        headers.insert("echo-version", HeaderValue::from_str(&version).unwrap());
-        let path = request.uri().path_and_query().unwrap().as_str();
-        headers.insert("echo-path", HeaderValue::from_str(path).unwrap());
-        for (from, to) in [
-            ("host", "echo-host"),
-            ("cookie", "echo-cookie"),
-            ("x-forwarded-proto", "echo-forwarded-proto"),
-        ] {
-            let values: Vec<&str> = request
-                .headers()
-                .get_all(from)
-                .iter()
-                .map(|v| v.to_str().unwrap())
-                .collect();
-            // More than one header would show as "a | b".
-            let joined = values.join(" | ");
-            headers.insert(to, HeaderValue::from_str(&joined).unwrap());
-        }
-        response
-    }
-
     /// A backend that answers every request `200` with its text, upgrade or not.
     pub async fn plain_backend(text: &'static str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -889,95 +799,6 @@ mod support {
                 );
             }
         });
-        addr
-    }
-
-    /// The future's output, failing the test when it takes more than 10 s.
-    pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(10), future)
-            .await
-            .unwrap_or_else(|_| panic!("{what} took more than 10 s"))
-    }
-
-    /// Accepts a WebSocket handshake (without checking it: the test does) and says in
-    /// `echo-*` headers what it got; then greets with its name and echoes until the
-    /// other side closes.
-    fn switch_protocols(name: &str, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let echoed = [
-            ("echo-method", request.method().as_str().to_owned()),
-            ("echo-version", format!("{:?}", request.version())),
-            ("echo-path", request.uri().to_string()),
-        ];
-        let headers = response.headers_mut();
-        for (header, value) in echoed {
-            headers.insert(header, HeaderValue::from_str(&value).unwrap());
-        }
-        for (from, to) in [
-            ("connection", "echo-connection"),
-            ("upgrade", "echo-upgrade"),
-            ("sec-websocket-key", "echo-key"),
-            ("sec-websocket-version", "echo-websocket-version"),
-            ("sec-websocket-protocol", "sec-websocket-protocol"),
-        ] {
-            if let Some(value) = request.headers().get(from) {
-                headers.insert(to, value.clone());
-            }
-        }
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        // Any value: the proxy made the key up and must not hand this on.
-        headers.insert(
-            "sec-websocket-accept",
-            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-        );
-        let upgrade = hyper::upgrade::on(request);
-        let greeting = format!("{name}\n");
-        tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else {
-                return;
-            };
-            let mut io = TokioIo::new(upgraded);
-            if io.write_all(greeting.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut chunk = [0u8; 1024];
-            while let Ok(n @ 1..) = io.read(&mut chunk).await {
-                if io.write_all(&chunk[..n]).await.is_err() {
-                    return;
-                }
-            }
-        });
-        response
-    }
-
-    /// A proxy whose active route is the one backend, blue revision 1.
-    pub fn proxy_to(backend: SocketAddr) -> Arc<Proxy> {
-        let proxy = Proxy::new("shop");
-        proxy.set_routes(RouteTable {
-            active: Some(Backend {
-                color: Color::Blue,
-                revision: 1,
-                instances: vec![backend],
-            }),
-            preview: None,
-            preview_match: PreviewMatch::default(),
-        });
-        proxy
-    }
-
-    /// Serves the proxy on a fresh port until the test ends.
-    pub async fn start(proxy: &Arc<Proxy>, role: Role, tls: TlsSetting) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(teal_proxy::serve_tls(
-            listener,
-            Arc::clone(proxy),
-            role,
-            tls,
-            std::future::pending(),
-        ));
         addr
     }
 
