@@ -350,6 +350,9 @@ pub struct Proxy {
     retired: Mutex<Vec<Arc<Routing>>>,
     /// Every instance's connections and passive health, by address.
     registry: Arc<Registry>,
+    /// Indexed by [`color_index`]: the revision the color was last routed to, and the
+    /// color's counters when it began serving it (see [`Proxy::revision_stats`]).
+    revisions: [Mutex<Option<(u64, ColorStats)>>; 2],
 }
 
 fn color_index(color: Color) -> usize {
@@ -377,6 +380,7 @@ impl Proxy {
             colors: [Arc::new(ColorState::new()), Arc::new(ColorState::new())],
             retired: Mutex::new(Vec::new()),
             registry,
+            revisions: [Mutex::new(None), Mutex::new(None)],
         })
     }
 
@@ -398,6 +402,15 @@ impl Proxy {
     pub fn set_routes(&self, routes: RouteTable) {
         debug!(rollout = %self.rollout, ?routes, "route table swapped");
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the table goes out, so every request to a new revision counts on it.
+        for backend in [&routes.active, &routes.preview].into_iter().flatten() {
+            let mut serving = self.revisions[color_index(backend.color)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if serving.as_ref().map(|(revision, _)| *revision) != Some(backend.revision) {
+                *serving = Some((backend.revision, self.stats(backend.color)));
+            }
+        }
         let options = self.routing.load().options;
         self.publish(Routing::new(Arc::new(routes), options, &self.registry));
     }
@@ -502,6 +515,17 @@ impl Proxy {
     /// The color's counters since the proxy was created.
     pub fn stats(&self, color: Color) -> ColorStats {
         self.state(color).snapshot()
+    }
+
+    /// The revision the color serves (the last one a route table gave it) and its
+    /// counters since it began serving that revision; None before any table routed to
+    /// the color. A color keeps its revision and counts while no table routes to it.
+    pub fn revision_stats(&self, color: Color) -> Option<(u64, ColorStats)> {
+        let serving = self.revisions[color_index(color)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (revision, baseline) = serving.as_ref()?;
+        Some((*revision, self.stats(color).since(baseline)))
     }
 
     fn state(&self, color: Color) -> &Arc<ColorState> {

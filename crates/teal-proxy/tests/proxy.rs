@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use teal_core::Color;
 use teal_core::spec::{NameValue, PreviewMatch};
-use teal_proxy::{Proxy, Role};
+use teal_proxy::{ColorStats, Proxy, Role};
 
 use support::*;
 
@@ -194,6 +194,41 @@ async fn no_ready_instance_is_a_503_that_says_why() {
     assert_eq!(stats.responses_5xx, 1);
     assert_eq!(stats.proxy_errors, 1);
     assert_eq!(proxy.in_flight(Color::Blue), 0);
+}
+
+#[tokio::test]
+async fn a_color_counts_each_revision_it_serves_apart() {
+    let blue_1 = backend("blue-1").await;
+    let blue_3 = backend("blue-3").await;
+    let proxy = Proxy::new("shop");
+    assert_eq!(proxy.revision_stats(Color::Blue), None);
+    proxy.set_routes(table(Some(be(Color::Blue, 1, &[blue_1])), None));
+    let addr = start(&proxy, Role::Active).await;
+    let mut conn = Conn::open(addr).await;
+    for _ in 0..3 {
+        assert_eq!(conn.get("/").await.body, "blue-1");
+    }
+    let (revision, stats) = proxy.revision_stats(Color::Blue).unwrap();
+    assert_eq!((revision, stats.requests, stats.responses_2xx), (1, 3, 3));
+
+    // The same table again changes nothing; a new revision in blue starts from zero.
+    proxy.set_routes(table(Some(be(Color::Blue, 1, &[blue_1])), None));
+    assert_eq!(proxy.revision_stats(Color::Blue).unwrap().1.requests, 3);
+    proxy.set_routes(table(Some(be(Color::Blue, 3, &[blue_3])), None));
+    assert_eq!(
+        proxy.revision_stats(Color::Blue).unwrap(),
+        (3, ColorStats::default())
+    );
+    for _ in 0..2 {
+        assert_eq!(conn.get("/").await.body, "blue-3");
+    }
+    let (revision, stats) = proxy.revision_stats(Color::Blue).unwrap();
+    assert_eq!((revision, stats.requests), (3, 2));
+    assert_eq!(stats.latency_buckets.iter().sum::<u64>(), 2);
+    // The color's own totals go on across revisions.
+    assert_eq!(proxy.stats(Color::Blue).requests, 5);
+    // Green was never routed to.
+    assert_eq!(proxy.revision_stats(Color::Green), None);
 }
 
 #[tokio::test]

@@ -201,7 +201,8 @@ impl Daemon {
             }))
     }
 
-    /// Per rollout: its view, and per color its cumulative proxy counters.
+    /// Per rollout: its view, and per color the revision it serves with the proxy's
+    /// counters since it began serving it.
     pub fn metrics(&self) -> Result<Vec<crate::metrics::RolloutMetrics>, DaemonError> {
         let rollouts = self.list()?;
         Ok(rollouts
@@ -212,7 +213,10 @@ impl Daemon {
                     .map(|runtime| {
                         Color::ALL
                             .into_iter()
-                            .map(|c| (c, runtime.proxy.stats(c)))
+                            .filter_map(|color| {
+                                let (revision, stats) = runtime.proxy.revision_stats(color)?;
+                                Some((color, revision, stats))
+                            })
                             .collect()
                     })
                     .unwrap_or_default();

@@ -5,8 +5,9 @@ use teal_core::api::RolloutView;
 use teal_core::rollout::Phase;
 use teal_proxy::{ColorStats, LATENCY_BUCKETS_MS};
 
-/// A rollout as shown, with its proxy's counters per color.
-pub type RolloutMetrics = (RolloutView, Vec<(Color, ColorStats)>);
+/// A rollout as shown, with its proxy's counters per color: the revision the color
+/// serves and what was counted since it began serving it.
+pub type RolloutMetrics = (RolloutView, Vec<(Color, u64, ColorStats)>);
 
 /// One metric family: its header and its samples, written together as the format
 /// requires.
@@ -159,8 +160,8 @@ pub fn render(rollouts: &[RolloutMetrics]) -> String {
             instances.sample("", &labels, color.replicas);
             ready.sample("", &labels, color.ready);
         }
-        for (color, stat) in stats {
-            let labels = format!("{rollout},color=\"{color}\"");
+        for (color, revision, stat) in stats {
+            let labels = format!("{rollout},color=\"{color}\",revision=\"{revision}\"");
             requests.sample("", &labels, stat.requests);
             for (class, count) in [
                 ("2xx", stat.responses_2xx),

@@ -63,10 +63,10 @@ fn metrics_and_traffic_count_what_the_proxy_served() {
     let metrics = rt.block_on(get_text(api(&sandbox), "/metrics"));
     for expected in [
         "# TYPE teal_proxy_requests_total counter",
-        "teal_proxy_requests_total{rollout=\"meter\",color=\"blue\"} 40",
-        "teal_proxy_responses_total{rollout=\"meter\",color=\"blue\",class=\"5xx\"} 10",
-        "teal_proxy_responses_total{rollout=\"meter\",color=\"blue\",class=\"2xx\"} 30",
-        "teal_proxy_response_seconds_count{rollout=\"meter\",color=\"blue\"} 40",
+        "teal_proxy_requests_total{rollout=\"meter\",color=\"blue\",revision=\"1\"} 40",
+        "teal_proxy_responses_total{rollout=\"meter\",color=\"blue\",revision=\"1\",class=\"5xx\"} 10",
+        "teal_proxy_responses_total{rollout=\"meter\",color=\"blue\",revision=\"1\",class=\"2xx\"} 30",
+        "teal_proxy_response_seconds_count{rollout=\"meter\",color=\"blue\",revision=\"1\"} 40",
         "teal_instances_ready{rollout=\"meter\",color=\"blue\",revision=\"1\"} 1",
         "teal_rollout_phase{rollout=\"meter\",phase=\"Healthy\"} 1",
         "teal_rollout_switches_total{rollout=\"meter\"} 0",
@@ -88,6 +88,19 @@ fn metrics_and_traffic_count_what_the_proxy_served() {
     );
     assert!(
         metrics.contains("teal_rollout_active_revision{rollout=\"meter\"} 2"),
+        "{metrics}"
+    );
+    // Revision 2 runs in green and counts on its own series from its start; blue
+    // still shows what revision 1 served.
+    assert!(
+        metrics.contains(
+            "teal_proxy_requests_total{rollout=\"meter\",color=\"blue\",revision=\"1\"} 40"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("teal_proxy_in_flight{rollout=\"meter\",color=\"green\",revision=\"2\"} 0"),
         "{metrics}"
     );
 
