@@ -54,6 +54,7 @@ pub use server::{
     IDLE_LINGER, SHUTDOWN_GRACE, TLS_HANDSHAKE_TIMEOUT, first_bytes_arrived, serve, serve_tls,
 };
 pub use tls::{Tls, TlsError, TlsSetting};
+pub use workers::set_threads;
 
 /// The ready instances of one color at one revision.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,6 +31,16 @@ struct Workers {
 
 static WORKERS: OnceLock<Option<Workers>> = OnceLock::new();
 
+/// How many threads [`start`] starts, when set before it runs.
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sets how many threads serve client connections (at least one; default one per
+/// core). Takes effect only before the first connection is served: false when it came
+/// too late or was already set.
+pub fn set_threads(count: usize) -> bool {
+    WORKERS.get().is_none() && THREADS.set(count.max(1)).is_ok()
+}
+
 thread_local! {
     /// The index of the worker this thread is; None on every other thread.
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
@@ -77,7 +87,10 @@ where
 
 /// One thread per core, each running its runtime until the process ends.
 fn start() -> Option<Workers> {
-    let count = std::thread::available_parallelism().map_or(1, usize::from);
+    let count = match THREADS.get() {
+        Some(count) => *count,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
         let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -95,8 +95,14 @@ pub enum Command {
 Examples:
   teal server                                           # ~/.local/share/teal, 127.0.0.1:7070
   teal server --data-dir /var/lib/teal --api 127.0.0.1:7070
-  teal server &                                         # again, after an upgrade: takes over")]
-    Server,
+  teal server &                                         # again, after an upgrade: takes over
+  teal server --proxy-threads 2                         # on a machine shared with the apps")]
+    Server {
+        /// Threads that serve the proxies' client connections (default: one per core).
+        /// Each takes connections in turn and serves them to the end.
+        #[arg(long, env = "TEAL_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        proxy_threads: Option<u16>,
+    },
     /// Create or update the rollouts (and analysis templates) of a spec file.
     ///
     /// All or nothing: a file with an error changes nothing. With --wait, blocks until
@@ -423,7 +429,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return crate::kube_cli::run(kubeconfig, &cli, json).await;
     }
     match cli.command {
-        Command::Server => {
+        Command::Server { proxy_threads } => {
+            if let Some(threads) = proxy_threads {
+                teal_proxy::set_threads(usize::from(threads));
+            }
             let api = cli.api.as_deref().unwrap_or(crate::server::DEFAULT_API);
             let api = api
                 .parse()

@@ -222,3 +222,36 @@ fn upstream_protocol_h2c_speaks_http2_to_the_instances_and_follows_a_new_apply()
     assert!(applied.contains("configured"), "{applied}");
     assert_eq!(protocol_at_instance(active), "HTTP/1.1");
 }
+
+/// Threads of the process named `teal-proxy-N`.
+fn proxy_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("teal-proxy-"))
+        .count()
+}
+
+#[test]
+fn the_proxy_serves_on_as_many_threads_as_asked() {
+    let sandbox = Sandbox::start_with(&["--proxy-threads", "3"]);
+    let mut spec = DemoSpec::new("threads", "v1");
+    spec.replicas = 1;
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let live = sandbox.wait_for("threads", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    // The first connection served starts them all.
+    assert_eq!(protocol_at_instance(active), "HTTP/1.1");
+    assert_eq!(proxy_threads(sandbox.daemon_pid()), 3);
+
+    // By default, one per core.
+    let sandbox = Sandbox::start();
+    sandbox.apply_ok("spec.yaml", &spec.yaml());
+    let live = sandbox.wait_for("threads", "v1 live", |r| r.phase == Phase::Healthy);
+    assert_eq!(
+        protocol_at_instance(live.active_listen.parse().unwrap()),
+        "HTTP/1.1"
+    );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(proxy_threads(sandbox.daemon_pid()), cores);
+}

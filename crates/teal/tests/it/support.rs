@@ -51,16 +51,27 @@ pub fn succeeded(args: &[&str], output: Output) -> String {
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     daemon: Option<Child>,
+    /// More arguments for every `teal server` of this sandbox.
+    server_args: Vec<String>,
 }
 
 impl Sandbox {
     /// Starts `teal server` in a fresh directory with its API on port 0.
     pub fn start() -> Sandbox {
+        Sandbox::start_with(&[])
+    }
+
+    /// Like [`Sandbox::start`], with more arguments for `teal server`.
+    pub fn start_with(server_args: &[&str]) -> Sandbox {
         let dir = tempfile::Builder::new()
             .prefix("teal-it-")
             .tempdir()
             .unwrap();
-        let mut sandbox = Sandbox { dir, daemon: None };
+        let mut sandbox = Sandbox {
+            dir,
+            daemon: None,
+            server_args: server_args.iter().map(|arg| (*arg).to_owned()).collect(),
+        };
         sandbox.start_daemon();
         sandbox
     }
@@ -87,6 +98,7 @@ impl Sandbox {
         Command::new(TEAL)
             .args(["server", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(self.data_dir())
+            .args(&self.server_args)
             .env("TEAL_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -100,6 +112,11 @@ impl Sandbox {
         let old = self.daemon.take().expect("a daemon runs");
         self.daemon = Some(self.spawn_daemon());
         old
+    }
+
+    /// The running daemon's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("a daemon runs").id()
     }
 
     /// kill -9: no shutdown code runs.
