@@ -7,6 +7,11 @@
 //! table swaps and the reaper touch; a request reaches its instance through the
 //! route table, by index, with no lookup.
 //!
+//! Instances spoken to in h2c have one HTTP/2 connection per thread instead, shared
+//! by every request (requests that find none at the same moment each open one; the
+//! last is kept). It is let go when a request on it fails or times out, when it
+//! closes, or after [`POOL_IDLE_TIMEOUT`] unused.
+//!
 //! Idle connections are kept per thread (see `workers`): a connection is served by a
 //! task of the thread that opened it, whose I/O driver watches its socket, so the
 //! requests that use it should run there too.
@@ -49,22 +54,26 @@ pub(crate) enum Sender {
         request: http1::SendRequest<RequestBody>,
         deadline: Deadline,
     },
-    /// A handle on the instance's HTTP/2 connection, which many requests share.
-    Http2(http2::SendRequest<RequestBody>),
+    /// A handle on the instance's HTTP/2 connection, which many requests share, and
+    /// which connection that is (see [`Instance::discard`]).
+    Http2 {
+        request: http2::SendRequest<RequestBody>,
+        id: u64,
+    },
 }
 
 impl Sender {
     pub(crate) fn is_closed(&self) -> bool {
         match self {
             Sender::Http1 { request, .. } => request.is_closed(),
-            Sender::Http2(request) => request.is_closed(),
+            Sender::Http2 { request, .. } => request.is_closed(),
         }
     }
 
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
         match self {
             Sender::Http1 { request, .. } => request.poll_ready(cx),
-            Sender::Http2(request) => request.poll_ready(cx),
+            Sender::Http2 { request, .. } => request.poll_ready(cx),
         }
     }
 
@@ -75,7 +84,7 @@ impl Sender {
     pub(crate) fn protocol(&self) -> UpstreamProtocol {
         match self {
             Sender::Http1 { .. } => UpstreamProtocol::Http1,
-            Sender::Http2(_) => UpstreamProtocol::H2c,
+            Sender::Http2 { .. } => UpstreamProtocol::H2c,
         }
     }
 
@@ -95,7 +104,9 @@ impl Sender {
                 deadline.limit(limit, sent).await
             }
             // Requests share the connection, so each has a timer of its own.
-            Sender::Http2(sender) => tokio::time::timeout(limit, sender.try_send_request(request))
+            Sender::Http2 {
+                request: sender, ..
+            } => tokio::time::timeout(limit, sender.try_send_request(request))
                 .await
                 .ok(),
         }
@@ -117,13 +128,33 @@ pub(crate) struct Instance {
     /// `workers::place`).
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// The HTTP/2 connection of each thread, when the instance is spoken to in h2c.
-    shared: Box<[Mutex<Option<http2::SendRequest<RequestBody>>>]>,
+    shared: Box<[Mutex<Option<Shared>>]>,
     /// Consecutive failures since the last success.
     failures: AtomicU32,
     /// Milliseconds since the registry's start until which the instance is out of
     /// rotation; 0 when it is in.
     ejected_until: AtomicU64,
 }
+
+/// A thread's HTTP/2 connection to an instance.
+struct Shared {
+    request: http2::SendRequest<RequestBody>,
+    /// Tells this connection from the one that may replace it.
+    id: u64,
+    /// When a request last took it; idle past [`POOL_IDLE_TIMEOUT`], it is let go
+    /// (requests on it finish first).
+    used: Instant,
+}
+
+/// Numbers the HTTP/2 connections.
+static NEXT_SHARED: AtomicU64 = AtomicU64::new(0);
+
+/// How often an HTTP/2 connection with requests under way is pinged, and how long
+/// the answer may take before the connection is closed (and its requests fail): an
+/// instance that froze or a connection that broke silently is found out in
+/// seconds, not when the kernel gives up on the socket.
+const H2_PING_EVERY: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Idle {
     sender: Sender,
@@ -159,8 +190,14 @@ impl Instance {
             let mut shared = self.shared[workers::place()]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            return match shared.as_ref() {
-                Some(sender) if !sender.is_closed() => Some(Sender::Http2(sender.clone())),
+            return match shared.as_mut() {
+                Some(connection) if !connection.request.is_closed() => {
+                    connection.used = Instant::now();
+                    Some(Sender::Http2 {
+                        request: connection.request.clone(),
+                        id: connection.id,
+                    })
+                }
                 _ => {
                     *shared = None;
                     None
@@ -213,6 +250,8 @@ impl Instance {
         if protocol == UpstreamProtocol::H2c {
             let (request, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_EVERY)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .handshake(io)
                 .await
                 .map_err(|err| ConnectError::Failed(err.to_string()))?;
@@ -225,9 +264,15 @@ impl Instance {
             let mut shared = self.shared[workers::place()]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            // Two requests may have connected at once; the later one's is kept.
-            *shared = Some(request.clone());
-            return Ok(Sender::Http2(request));
+            // Requests that found no connection at the same moment each open one;
+            // the last is kept, the others serve their request and close.
+            let id = NEXT_SHARED.fetch_add(1, Ordering::Relaxed);
+            *shared = Some(Shared {
+                request: request.clone(),
+                id,
+                used: Instant::now(),
+            });
+            return Ok(Sender::Http2 { request, id });
         }
         let (request, connection) = http1::Builder::new()
             .handshake(io)
@@ -244,6 +289,24 @@ impl Instance {
             request,
             deadline: Deadline::new(),
         })
+    }
+
+    /// After a request on the connection failed or timed out: an HTTP/2 connection is
+    /// no longer handed out (a new one is opened), whatever state it is in. An
+    /// HTTP/1.1 one is closed by dropping it.
+    pub(crate) fn discard(&self, sender: &Sender) {
+        let Sender::Http2 { id, .. } = sender else {
+            return;
+        };
+        let mut shared = self.shared[workers::place()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shared
+            .as_ref()
+            .is_some_and(|connection| connection.id == *id)
+        {
+            *shared = None;
+        }
     }
 
     /// True while passive health keeps the instance out of rotation. The first call
@@ -294,7 +357,9 @@ impl Instance {
         let mut kept = 0;
         for place in &self.shared {
             let mut shared = place.lock().unwrap_or_else(|p| p.into_inner());
-            if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            if shared.as_ref().is_some_and(|connection| {
+                connection.request.is_closed() || now.duration_since(connection.used) >= max_idle
+            }) {
                 *shared = None;
             }
             kept += usize::from(shared.is_some());

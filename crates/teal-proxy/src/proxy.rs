@@ -16,6 +16,7 @@ use hyper::header::{
     SEC_WEBSOCKET_KEY, TE, UPGRADE,
 };
 use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use teal_core::Color;
@@ -520,6 +521,9 @@ impl Proxy {
     /// The revision the color serves (the last one a route table gave it) and its
     /// counters since it began serving that revision; None before any table routed to
     /// the color. A color keeps its revision and counts while no table routes to it.
+    /// Requests of the previous revision still under way when the table changed finish
+    /// into the new one's counts (a color gets a new revision once its old one has
+    /// drained, so there are seldom any), and the gauges are the color's.
     pub fn revision_stats(&self, color: Color) -> Option<(u64, ColorStats)> {
         let serving = self.revisions[color_index(color)]
             .lock()
@@ -614,11 +618,18 @@ impl Proxy {
             Some(_) => UpstreamProtocol::Http1,
             None => options.upstream_protocol,
         };
-        if protocol == UpstreamProtocol::H2c && hop.trailers {
-            // The one TE HTTP/2 allows, which gRPC servers insist on.
-            parts
-                .headers
-                .insert(TE, HeaderValue::from_static("trailers"));
+        if protocol == UpstreamProtocol::H2c {
+            if hop.trailers {
+                // The one TE HTTP/2 allows, which gRPC servers insist on.
+                parts
+                    .headers
+                    .insert(TE, HeaderValue::from_static("trailers"));
+            }
+            if let Err(failure) = to_h2_form(&mut parts) {
+                debug!(rollout = %self.rollout, reason = failure.reason, "refused");
+                state.record(failure.status, true, started.elapsed());
+                return failure_response(failure, Some(&target));
+            }
         }
         let upstream = Request::from_parts(parts, body);
 
@@ -643,15 +654,6 @@ impl Proxy {
             }
         };
         let status = response.status();
-        state.record(status, false, started.elapsed());
-        if let Some((method, path)) = logged {
-            debug!(
-                rollout = %self.rollout, %method, %path, route = route.as_str(),
-                color = %target.color, revision = target.revision,
-                instance = %lease.instance.addr, status = status.as_u16(), "proxied"
-            );
-        }
-
         if let Some(ClientUpgrade::H2WebSocket(_)) = &client_upgrade
             && status != StatusCode::SWITCHING_PROTOCOLS
             && status.is_success()
@@ -669,6 +671,15 @@ impl Proxy {
             state.record(failure.status, true, started.elapsed());
             return failure_response(failure, Some(&target));
         }
+        state.record(status, false, started.elapsed());
+        if let Some((method, path)) = logged {
+            debug!(
+                rollout = %self.rollout, %method, %path, route = route.as_str(),
+                color = %target.color, revision = target.revision,
+                instance = %lease.instance.addr, status = status.as_u16(), "proxied"
+            );
+        }
+
         if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -779,14 +790,26 @@ impl Proxy {
                 // Closed while idle: take the next one (nothing was sent).
                 continue;
             }
-            if !request.headers().contains_key(HOST) && request.uri().authority().is_none() {
-                // HTTP/1.0 clients may send none; HTTP/1.1 servers need one.
-                if let Ok(host) = HeaderValue::try_from(instance.addr.to_string()) {
-                    request.headers_mut().insert(HOST, host);
+            // HTTP/1.0 clients may send no Host; HTTP/1.1 servers need one, HTTP/2
+            // ones an :authority. The instance's address stands in.
+            match protocol {
+                UpstreamProtocol::Http1 if !request.headers().contains_key(HOST) => {
+                    if let Ok(host) = HeaderValue::try_from(instance.addr.to_string()) {
+                        request.headers_mut().insert(HOST, host);
+                    }
                 }
-            }
-            if protocol == UpstreamProtocol::H2c {
-                to_h2_form(&mut request);
+                UpstreamProtocol::H2c if request.uri().authority().is_none() => {
+                    let path = request.uri().path_and_query().cloned();
+                    let uri = Uri::builder()
+                        .scheme(Scheme::HTTP)
+                        .authority(instance.addr.to_string())
+                        .path_and_query(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
+                        .build();
+                    if let Ok(uri) = uri {
+                        *request.uri_mut() = uri;
+                    }
+                }
+                _ => {}
             }
             let sent = sender.send(request, limits.response_header_timeout).await;
             match sent {
@@ -826,12 +849,14 @@ impl Proxy {
                         });
                     }
                     self.instance_failed(instance, target, state, &options.health);
+                    instance.discard(&sender);
                     let error = error_chain(&err);
                     warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "upstream request failed");
                     return Err(self.bad_gateway(target, instance.addr, "upstream-failed", error));
                 }
                 None => {
                     self.instance_failed(instance, target, state, &options.health);
+                    instance.discard(&sender);
                     let timeout = limits.response_header_timeout;
                     warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, ?timeout, "upstream sent no response headers in time");
                     return Err(Failure {
@@ -1003,7 +1028,7 @@ impl ClientUpgrade {
                         ),
                     }),
                     None => Err(Failure {
-                        status: StatusCode::METHOD_NOT_ALLOWED,
+                        status: StatusCode::NOT_IMPLEMENTED,
                         reason: "connect-unsupported",
                         message: "teal: CONNECT tunnels are not supported (teal is a reverse proxy); WebSockets over HTTP/2 use extended CONNECT with :protocol websocket".to_owned(),
                     }),
@@ -1069,32 +1094,45 @@ fn to_origin_form(parts: &mut Parts) {
     parts.uri = Uri::from(path);
 }
 
-/// Gives a request in origin-form the form HTTP/2 sends (RFC 9113 §8.3.1): the Host
-/// as `:authority` (in the URI, which hyper sends as the pseudo-headers), `http` as
-/// `:scheme`. Leaves one already in that form as it is (a retry).
-fn to_h2_form(request: &mut Request<RequestBody>) {
-    *request.version_mut() = Version::HTTP_2;
-    if request.uri().authority().is_some() {
-        return;
-    }
-    let Some(host) = request.headers_mut().remove(HOST) else {
-        return;
+/// Gives a request in origin-form the form HTTP/2 sends (RFC 9113 §8.3.1): its Host
+/// as `:authority` (in the URI, which hyper sends as the pseudo-headers) and `http` as
+/// `:scheme`, the path as it was. A request without Host is left for `forward` to give
+/// the instance's address; a Host that is no authority (a path, user info) is refused
+/// rather than let change the path the instance sees.
+fn to_h2_form(parts: &mut Parts) -> Result<(), Failure> {
+    parts.version = Version::HTTP_2;
+    let Some(host) = parts.headers.get(HOST) else {
+        return Ok(());
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
-    let uri = host
-        .to_str()
+    let authority = Authority::try_from(host.as_bytes())
         .ok()
-        .and_then(|host| format!("http://{host}{path}").parse::<Uri>().ok());
-    match uri {
-        Some(uri) => *request.uri_mut() = uri,
-        // A Host that cannot be an authority: keep it a header.
-        None => {
-            request.headers_mut().insert(HOST, host);
-        }
-    }
+        .filter(|authority| !authority.as_str().contains('@'));
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = authority.and_then(|authority| {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .ok()
+    });
+    let Some(uri) = uri else {
+        return Err(Failure {
+            status: StatusCode::BAD_REQUEST,
+            reason: "bad-host",
+            message: format!(
+                "teal: the Host header {:?} is not a host[:port]",
+                String::from_utf8_lossy(host.as_bytes())
+            ),
+        });
+    };
+    parts.uri = uri;
+    parts.headers.remove(HOST);
+    Ok(())
 }
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are

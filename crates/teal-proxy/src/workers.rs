@@ -35,7 +35,8 @@ static WORKERS: OnceLock<Option<Workers>> = OnceLock::new();
 static THREADS: OnceLock<usize> = OnceLock::new();
 
 /// Sets how many threads serve client connections (at least one; default one per
-/// core). Takes effect only before the first connection is served: false when it came
+/// core). Takes effect only before they start (on a proxy's first route table or first
+/// connection, whichever comes first): false when it came
 /// too late or was already set.
 pub fn set_threads(count: usize) -> bool {
     WORKERS.get().is_none() && THREADS.set(count.max(1)).is_ok()
@@ -93,23 +94,35 @@ fn start() -> Option<Workers> {
     };
     let mut handles = Vec::with_capacity(count);
     for index in 0..count {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(err) => return failed(&err),
-        };
-        handles.push(runtime.handle().clone());
+        // The runtime is built on its own thread and never leaves it: dropping one
+        // here, inside the caller's runtime, would panic.
+        let (built, handle) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("teal-proxy-{index}"))
-            // Runs what is spawned on it; the process's end stops it.
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = built.send(Err(err));
+                        return;
+                    }
+                };
                 CURRENT.with(|current| current.set(Some(index)));
-                runtime.block_on(std::future::pending::<()>());
+                if built.send(Ok(runtime.handle().clone())).is_ok() {
+                    // Runs what is spawned on it; the process's end stops it.
+                    runtime.block_on(std::future::pending::<()>());
+                }
             });
         if let Err(err) = thread {
             return failed(&err);
+        }
+        match handle.recv() {
+            Ok(Ok(handle)) => handles.push(handle),
+            Ok(Err(err)) => return failed(&err),
+            Err(_gone) => return failed(&std::io::Error::other("the thread ended at once")),
         }
     }
     Some(Workers {
@@ -118,6 +131,7 @@ fn start() -> Option<Workers> {
     })
 }
 
+/// Threads already started stay idle: nothing is spawned on them.
 fn failed(err: &std::io::Error) -> Option<Workers> {
     warn!(error = %err, "could not start the proxy's threads; serving connections on the caller's runtime");
     None

@@ -100,6 +100,7 @@ impl Sandbox {
             .arg(self.data_dir())
             .args(&self.server_args)
             .env("TEAL_LOG", "info")
+            .env_remove("TEAL_PROXY_THREADS")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
