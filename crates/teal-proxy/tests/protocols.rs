@@ -456,6 +456,21 @@ async fn h2_is_chosen_by_alpn_and_reaches_an_http1_backend() {
         assert_eq!(answer.header("echo-x-forwarded-proto"), "https");
     }
     assert_eq!(proxy.stats(Color::Blue).responses_2xx, 3);
+
+    // A WebSocket on the same connection, as a browser opens one over HTTP/2.
+    let (answer, stream) = client
+        .websocket("/chat", "websocket", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.header("echo-x-forwarded-proto"), "https");
+    let mut socket = stream.expect("the WebSocket was accepted");
+    assert_eq!(
+        read_exactly(&mut socket, "blue-1\n".len()).await,
+        "blue-1\n"
+    );
+    socket.write_all(b"over tls").await.unwrap();
+    assert_eq!(read_exactly(&mut socket, 8).await, "over tls");
+    assert_eq!(proxy.stats(Color::Blue).upgraded, 1);
 }
 
 #[tokio::test]
