@@ -828,7 +828,10 @@ impl Proxy {
                 Some(Err(mut err)) => {
                     if reused && let Some(unsent) = err.take_message() {
                         // The idle connection went away before the request was
-                        // written: nothing reached the instance, send it again.
+                        // written: nothing reached the instance, send it again, on
+                        // another connection (a shared HTTP/2 one is let go, so the
+                        // next is a new one).
+                        instance.discard(&sender);
                         request = unsent;
                         continue;
                     }

@@ -353,6 +353,30 @@ async fn a_closed_h2c_connection_is_replaced_without_failing_a_request() {
 }
 
 #[tokio::test]
+async fn requests_right_behind_an_h2c_connection_closing_all_succeed() {
+    // Each connection answers one request and closes (GOAWAY); the next request comes
+    // at once, so some meet a connection that is going away.
+    let (blue, connections, _) = h2c_backend_closing_after_one("blue-1").await;
+    let proxy = proxy_to(blue);
+    proxy.set_options(ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    });
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+    let mut failed = Vec::new();
+    for round in 0..30 {
+        let answer = within("an answer", client.get("/", &[])).await;
+        if answer.status != StatusCode::OK {
+            failed.push((round, answer.status, answer.body));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+    // The connections did close under it and were replaced.
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+}
+
+#[tokio::test]
 async fn after_a_timeout_on_an_h2c_connection_the_next_request_gets_a_new_one() {
     let (blue, connections) = h2c_backend("blue-1").await;
     let proxy = proxy_to(blue);
