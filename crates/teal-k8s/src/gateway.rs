@@ -25,7 +25,8 @@ use teal_core::spec::{NameValue, PreviewMatch};
 use teal_proxy::{Backend, Proxy, Role, RouteTable};
 use tokio::net::TcpListener;
 
-use crate::cli::find;
+use crate::cli::{find, find_in};
+use crate::crd::Flavor;
 use crate::crd::RolloutSpec;
 use crate::routes::color_service_name;
 use crate::spec_check;
@@ -109,7 +110,18 @@ pub async fn read_routes(
     namespace: &str,
     rollout: &str,
 ) -> anyhow::Result<RouteTable> {
-    let found = find(client, namespace, rollout).await?;
+    Ok(read_routes_in(client, namespace, rollout, None).await?.0)
+}
+
+/// Like [`read_routes`], looking for the Rollout in the `known` group first (see
+/// [`find_in`]); also says which group it was in.
+pub async fn read_routes_in(
+    client: &Client,
+    namespace: &str,
+    rollout: &str,
+    known: Option<Flavor>,
+) -> anyhow::Result<(RouteTable, Flavor)> {
+    let found = find_in(client, namespace, rollout, known).await?;
     let state = found.state();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let mut endpoints = BTreeMap::new();
@@ -120,7 +132,10 @@ pub async fn read_routes(
             .await?;
         endpoints.insert(color, ready_endpoints(&list.items));
     }
-    Ok(route_table(&found.rollout.spec, &state, &endpoints))
+    Ok((
+        route_table(&found.rollout.spec, &state, &endpoints),
+        found.flavor,
+    ))
 }
 
 /// Serves `rollout` on `listen` (users, and testers matching the preview cookie or
@@ -172,6 +187,8 @@ async fn follow(client: &Client, namespace: &str, rollout: &str, proxy: &Arc<Pro
     )
     .map(|_| ());
     let found = find(client, namespace, rollout).await;
+    // Where the Rollout is, so each change reads it with one request.
+    let mut flavor = found.as_ref().ok().map(|found| found.flavor);
     let rollout_events = match found {
         Ok(found) => {
             let api: Api<crate::crd::AnyRollout> =
@@ -192,8 +209,9 @@ async fn follow(client: &Client, namespace: &str, rollout: &str, proxy: &Arc<Pro
             _ = changes.next() => {}
             _ = tokio::time::sleep(RESYNC) => {}
         }
-        match read_routes(client, namespace, rollout).await {
-            Ok(routes) => {
+        match read_routes_in(client, namespace, rollout, flavor).await {
+            Ok((routes, found_in)) => {
+                flavor = Some(found_in);
                 if *proxy.routes() != routes {
                     tracing::info!(
                         active = ?routes.active.as_ref().map(|b| (b.color, b.instances.len())),

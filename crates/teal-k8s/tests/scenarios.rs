@@ -1237,6 +1237,38 @@ mod teal_gateway {
         assert_eq!(get(&mut tester, Some("test=true")).await, "green");
     }
 
+    #[tokio::test]
+    async fn the_gateway_reads_an_argo_rollout_from_its_own_group_once_it_knows_it() {
+        let yaml = manifest("teal-gateway.yaml").replace(
+            "apiVersion: teal.dev/v1alpha1\nkind: Rollout",
+            "apiVersion: argoproj.io/v1alpha1\nkind: Rollout",
+        );
+        let h = Harness::from_yaml(&yaml);
+        let reader = h.fake.client_with_rules(gateway_rules());
+        h.reconcile(T0).await;
+        let rollout_reads = || -> Vec<String> {
+            h.fake
+                .calls()
+                .iter()
+                .filter(|call| call.resource == "rollouts" && call.verb == "get")
+                .map(|call| call.group.clone())
+                .collect()
+        };
+
+        h.fake.clear_calls();
+        let (_, flavor) = gateway::read_routes_in(&reader, "default", "shop", None)
+            .await
+            .unwrap();
+        assert_eq!(flavor, Flavor::Argo);
+        assert_eq!(rollout_reads(), ["teal.dev", "argoproj.io"]);
+
+        h.fake.clear_calls();
+        gateway::read_routes_in(&reader, "default", "shop", Some(flavor))
+            .await
+            .unwrap();
+        assert_eq!(rollout_reads(), ["argoproj.io"]);
+    }
+
     #[test]
     fn only_ready_endpoints_on_the_slice_port_are_routed() {
         let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
