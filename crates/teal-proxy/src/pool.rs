@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -187,9 +187,7 @@ impl Instance {
     /// `ready()` before sending); for HTTP/2 this thread's shared one.
     pub(crate) fn checkout(&self, protocol: UpstreamProtocol) -> Option<Sender> {
         if protocol == UpstreamProtocol::H2c {
-            let mut shared = self.shared[workers::place()]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut shared = here(&self.shared);
             return match shared.as_mut() {
                 Some(connection) if !connection.request.is_closed() => {
                     connection.used = Instant::now();
@@ -204,9 +202,7 @@ impl Instance {
                 }
             };
         }
-        let mut idle = self.idle[workers::place()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut idle = here(&self.idle);
         while let Some(conn) = idle.pop() {
             if !conn.sender.is_closed() {
                 return Some(conn.sender);
@@ -222,9 +218,7 @@ impl Instance {
             return;
         }
         let since = Instant::now();
-        let mut idle = self.idle[workers::place()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut idle = here(&self.idle);
         if idle.len() < MAX_IDLE_PER_INSTANCE {
             idle.push(Idle { sender, since });
         }
@@ -261,9 +255,7 @@ impl Instance {
                     debug!(instance = %addr, error = %err, "upstream connection ended with an error");
                 }
             });
-            let mut shared = self.shared[workers::place()]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut shared = here(&self.shared);
             // Requests that found no connection at the same moment each open one;
             // the last is kept, the others serve their request and close.
             let id = NEXT_SHARED.fetch_add(1, Ordering::Relaxed);
@@ -298,9 +290,7 @@ impl Instance {
         let Sender::Http2 { id, .. } = sender else {
             return;
         };
-        let mut shared = self.shared[workers::place()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shared = here(&self.shared);
         if shared
             .as_ref()
             .is_some_and(|connection| connection.id == *id)
@@ -373,6 +363,13 @@ impl Instance {
         }
         kept
     }
+}
+
+/// The current thread's entry of a per-thread table (see `workers::place`), locked.
+fn here<T>(places: &[Mutex<T>]) -> MutexGuard<'_, T> {
+    places[workers::place()]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every instance the proxy has routed to lately, by address.

@@ -799,13 +799,8 @@ impl Proxy {
                     }
                 }
                 UpstreamProtocol::H2c if request.uri().authority().is_none() => {
-                    let path = request.uri().path_and_query().cloned();
-                    let uri = Uri::builder()
-                        .scheme(Scheme::HTTP)
-                        .authority(instance.addr.to_string())
-                        .path_and_query(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
-                        .build();
-                    if let Ok(uri) = uri {
+                    let authority = Authority::try_from(instance.addr.to_string()).ok();
+                    if let Some(uri) = authority.and_then(|a| absolute(request.uri(), a)) {
                         *request.uri_mut() = uri;
                     }
                 }
@@ -1107,22 +1102,10 @@ fn to_h2_form(parts: &mut Parts) -> Result<(), Failure> {
     let Some(host) = parts.headers.get(HOST) else {
         return Ok(());
     };
-    let authority = Authority::try_from(host.as_bytes())
+    let uri = Authority::try_from(host.as_bytes())
         .ok()
-        .filter(|authority| !authority.as_str().contains('@'));
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = authority.and_then(|authority| {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .ok()
-    });
+        .filter(|authority| !authority.as_str().contains('@'))
+        .and_then(|authority| absolute(&parts.uri, authority));
     let Some(uri) = uri else {
         return Err(Failure {
             status: StatusCode::BAD_REQUEST,
@@ -1136,6 +1119,21 @@ fn to_h2_form(parts: &mut Parts) -> Result<(), Failure> {
     parts.uri = uri;
     parts.headers.remove(HOST);
     Ok(())
+}
+
+/// `http://AUTHORITY` and the path and query of `uri` ("/" when it has none): the
+/// absolute form hyper sends to an HTTP/2 server as `:scheme`, `:authority` and `:path`.
+fn absolute(uri: &Uri, authority: Authority) -> Option<Uri> {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .ok()
 }
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are

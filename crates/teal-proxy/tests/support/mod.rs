@@ -352,6 +352,17 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The response with its body read to the end.
+    async fn read(response: Response<Incoming>) -> Result<Answer, hyper::Error> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
     pub fn color(&self) -> &str {
         self.headers
             .get("x-teal-color")
@@ -421,13 +432,7 @@ impl Conn {
         }
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        Answer::read(response).await
     }
 }
 
@@ -464,13 +469,7 @@ pub async fn upload(
         .insert(HOST, HeaderValue::from_static("shop.test"));
     let answer = tokio::spawn(async move {
         let response = sender.send_request(request).await?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        Answer::read(response).await
     });
     (chunks, answer)
 }
