@@ -267,6 +267,8 @@ impl Instance {
             return Ok(Sender::Http2 { request, id });
         }
         let (request, connection) = http1::Builder::new()
+            // One buffer, one write() (see the server's builder).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|err| ConnectError::Failed(err.to_string()))?;

@@ -523,6 +523,10 @@ async fn serve_http<S>(
     builder
         .http1()
         .keep_alive(true)
+        // The head and a body chunk copied into one buffer for one write(), rather
+        // than queued for writev(): fewer instructions per proxied request (see
+        // README, Performance).
+        .writev(false)
         // teal's own, cheaper: see HEADER_READ_TIMEOUT.
         .header_read_timeout(None);
     builder
