@@ -80,6 +80,11 @@ struct Streamed {
 }
 
 impl RequestBody {
+    /// No body.
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody { inner: None }
+    }
+
     /// The client's body, counted on the color and cut when it passes `limit`; the
     /// `Upload` says how far it got. A body that is already over is sent as nothing.
     /// The exchange (HTTP/1.1) is held until the body is dropped.

@@ -754,6 +754,10 @@ impl Proxy {
         let start = state.next_instance.fetch_add(1, Ordering::Relaxed);
         let mut index = self.pick(target, start, None);
         let mut may_retry = is_idempotent(request.method()) && count > 1;
+        // An HTTP/2 instance may give a stream back unprocessed (see `unprocessed`); a
+        // request without a body can then be sent again, from this copy of its head.
+        let mut replay =
+            (protocol == UpstreamProtocol::H2c && upload.is_none()).then(|| Head::of(&request));
         loop {
             let instance = &target.instances[index];
             let (mut sender, reused) = match instance.checkout(protocol) {
@@ -845,6 +849,15 @@ impl Proxy {
                                 error_chain(&err)
                             ),
                         });
+                    }
+                    if let Some(head) = replay.take_if(|head| unprocessed(&err, &head.method)) {
+                        // Nothing of it reached the application: once more, on a new
+                        // connection (this one is let go), and not held against the
+                        // instance.
+                        instance.discard(&sender);
+                        debug!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, error = %error_chain(&err), "request not processed; sending it again");
+                        request = head.into_request();
+                        continue;
                     }
                     self.instance_failed(instance, target, state, &options.health);
                     instance.discard(&sender);
@@ -1138,6 +1151,51 @@ fn absolute(uri: &Uri, authority: Authority) -> Option<Uri> {
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
 /// idempotent too but carry intent the user may not want repeated by a proxy.
+/// Whether an HTTP/2 instance said it did not process the request: it refused the
+/// stream (`REFUSED_STREAM`), or it went away (`GOAWAY`) without taking the stream
+/// (RFC 9113 §8.7). h2 also gives the GOAWAY to streams the instance had taken when
+/// it then closes the connection under them, so after a GOAWAY only a request that
+/// may be repeated anyway (idempotent) is sent again.
+fn unprocessed(err: &hyper::Error, method: &Method) -> bool {
+    let Some(h2) = std::error::Error::source(err).and_then(|e| e.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    if !h2.is_remote() {
+        return false;
+    }
+    (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        || (h2.is_go_away() && is_idempotent(method))
+}
+
+/// The head of a request without a body, to send it again.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn of(request: &Request<RequestBody>) -> Head {
+        Head {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn into_request(self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
 }

@@ -377,6 +377,47 @@ async fn requests_right_behind_an_h2c_connection_closing_all_succeed() {
 }
 
 #[tokio::test]
+async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
+    let backend = RefusingH2cBackend::start("blue-1").await;
+    let proxy = proxy_to(backend.addr);
+    proxy.set_options(ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    });
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    let mut client = Client::h2c(addr).await;
+
+    // Refused once (REFUSED_STREAM: the instance says it did not process it), as a
+    // server at its stream limit or on its way out does: sent again, answered.
+    backend.refuse_next();
+    let answer = client.get("/", &[]).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "blue-1"),
+        "{answer:?}"
+    );
+    assert_eq!(backend.counts(), (1, 1), "(refused, answered)");
+
+    // A request with a body is not sent again (its body went with the first try):
+    // the client gets a 502 that says why, and the instance saw it once.
+    let answer = client
+        .send(hyper::Method::PUT, "/refused", &[], Bytes::from("payload"))
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert!(answer.body.contains("refused"), "{answer:?}");
+    assert_eq!(backend.counts(), (2, 1));
+
+    // Sent again once, not for ever.
+    let answer = client.get("/refused", &[]).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
+    assert_eq!(backend.counts(), (4, 1));
+
+    // The instance serves on: a refusal sent again on is not held against it.
+    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+    assert!(proxy.ejected().is_empty());
+}
+
+#[tokio::test]
 async fn after_a_timeout_on_an_h2c_connection_the_next_request_gets_a_new_one() {
     let (blue, connections) = h2c_backend("blue-1").await;
     let proxy = proxy_to(blue);
@@ -781,7 +822,7 @@ mod clients {
     use std::net::SocketAddr;
     use std::path::PathBuf;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
@@ -1142,6 +1183,74 @@ mod clients {
                 body: String::from_utf8_lossy(&body).into_owned(),
                 trailers,
             }
+        }
+    }
+
+    /// An h2c instance on the h2 crate, which (unlike hyper's server) can say why it
+    /// resets a stream: it refuses with REFUSED_STREAM the stream after
+    /// [`refuse_next`](Self::refuse_next) and every stream for `/refused`, and answers
+    /// the others with its name.
+    pub struct RefusingH2cBackend {
+        pub addr: SocketAddr,
+        refuse_next: Arc<AtomicBool>,
+        refused: Arc<AtomicUsize>,
+        answered: Arc<AtomicUsize>,
+    }
+
+    impl RefusingH2cBackend {
+        pub async fn start(name: &'static str) -> RefusingH2cBackend {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let backend = RefusingH2cBackend {
+                addr: listener.local_addr().unwrap(),
+                refuse_next: Arc::default(),
+                refused: Arc::default(),
+                answered: Arc::default(),
+            };
+            let (refuse_next, refused, answered) = (
+                Arc::clone(&backend.refuse_next),
+                Arc::clone(&backend.refused),
+                Arc::clone(&backend.answered),
+            );
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (refuse_next, refused, answered) = (
+                        Arc::clone(&refuse_next),
+                        Arc::clone(&refused),
+                        Arc::clone(&answered),
+                    );
+                    tokio::spawn(async move {
+                        let Ok(mut connection) = h2::server::handshake(stream).await else {
+                            return;
+                        };
+                        while let Some(Ok((request, mut respond))) = connection.accept().await {
+                            if request.uri().path() == "/refused"
+                                || refuse_next.swap(false, Ordering::SeqCst)
+                            {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                continue;
+                            }
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            if let Ok(mut body) = respond.send_response(Response::new(()), false) {
+                                let _ = body.send_data(Bytes::from(name), true);
+                            }
+                        }
+                    });
+                }
+            });
+            backend
+        }
+
+        pub fn refuse_next(&self) {
+            self.refuse_next.store(true, Ordering::SeqCst);
+        }
+
+        /// (streams refused, streams answered)
+        pub fn counts(&self) -> (usize, usize) {
+            (
+                self.refused.load(Ordering::SeqCst),
+                self.answered.load(Ordering::SeqCst),
+            )
         }
     }
 
