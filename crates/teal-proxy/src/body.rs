@@ -5,8 +5,8 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use crate::pool::{Instance, Sender};
-use crate::proxy::{ColorState, InFlight};
+use crate::proxy::{ColorState, InFlight, error_chain};
 use crate::server::Exchange;
 
 /// What a body fails with: hyper's errors, or teal's own limits.
@@ -55,11 +55,19 @@ pub(crate) struct Upload {
     done: AtomicBool,
     /// The body passed the size limit and was cut.
     too_large: AtomicBool,
+    /// Why the client's body broke off (it went away, or sent a malformed chunk).
+    /// Known here because how the failure reaches teal depends on the instance's
+    /// protocol: HTTP/1.1 hands the body's error back, HTTP/2 only resets the stream.
+    client_failed: OnceLock<String>,
 }
 
 impl Upload {
     pub(crate) fn too_large(&self) -> bool {
         self.too_large.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn client_failed(&self) -> Option<&str> {
+        self.client_failed.get().map(String::as_str)
     }
 }
 
@@ -141,7 +149,10 @@ impl Body for RequestBody {
                 this.upload.done.store(true, Ordering::Release);
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+            Poll::Ready(Some(Err(err))) => {
+                let _ = this.upload.client_failed.set(error_chain(&err));
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -838,29 +838,31 @@ impl Proxy {
                     if upload.is_some_and(Upload::too_large) {
                         return Err(body_too_large(limits));
                     }
-                    if err.is_user() {
+                    if let Some(why) = upload.and_then(Upload::client_failed) {
                         // The client's own body failed (it went away, or sent a bad
                         // chunk): not the instance's fault.
                         return Err(Failure {
                             status: StatusCode::BAD_REQUEST,
                             reason: "client-body-failed",
-                            message: format!(
-                                "teal: the request body could not be read: {}",
-                                error_chain(&err)
-                            ),
+                            message: format!("teal: the request body could not be read: {why}"),
                         });
                     }
-                    if let Some(head) = replay.take_if(|head| unprocessed(&err, &head.method)) {
+                    instance.discard(&sender);
+                    // An instance that turns a request away unprocessed (it is at its
+                    // stream limit, or shutting down) is not failing: not held
+                    // against it.
+                    let unprocessed = unprocessed(&err);
+                    if unprocessed && let Some(head) = replay.take() {
                         // Nothing of it reached the application: once more, on a new
-                        // connection (this one is let go), and not held against the
-                        // instance.
-                        instance.discard(&sender);
+                        // connection, to another instance when there is one.
                         debug!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, error = %error_chain(&err), "request not processed; sending it again");
+                        index = self.pick(target, index + 1, Some(index));
                         request = head.into_request();
                         continue;
                     }
-                    self.instance_failed(instance, target, state, &options.health);
-                    instance.discard(&sender);
+                    if !unprocessed {
+                        self.instance_failed(instance, target, state, &options.health);
+                    }
                     let error = error_chain(&err);
                     warn!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, %error, "upstream request failed");
                     return Err(self.bad_gateway(target, instance.addr, "upstream-failed", error));
@@ -1151,21 +1153,18 @@ fn absolute(uri: &Uri, authority: Authority) -> Option<Uri> {
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
 /// idempotent too but carry intent the user may not want repeated by a proxy.
-/// Whether an HTTP/2 instance said it did not process the request: it refused the
-/// stream (`REFUSED_STREAM`), or it went away (`GOAWAY`) without taking the stream
-/// (RFC 9113 §8.7). h2 also gives the GOAWAY to streams the instance had taken when
-/// it then closes the connection under them, so after a GOAWAY only a request that
-/// may be repeated anyway (idempotent) is sent again.
-fn unprocessed(err: &hyper::Error, method: &Method) -> bool {
+/// Whether an HTTP/2 instance said it did not process the request (RFC 9113 §8.7): it
+/// refused the stream (`REFUSED_STREAM`), or the stream was above the last one its
+/// GOAWAY said it would process, or opened after that GOAWAY. h2 reports those as a
+/// GOAWAY error from the peer; a stream the instance had taken and then lost with the
+/// connection gets an I/O error instead.
+fn unprocessed(err: &hyper::Error) -> bool {
     let Some(h2) = std::error::Error::source(err).and_then(|e| e.downcast_ref::<h2::Error>())
     else {
         return false;
     };
-    if !h2.is_remote() {
-        return false;
-    }
-    (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-        || (h2.is_go_away() && is_idempotent(method))
+    h2.is_remote()
+        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// The head of a request without a body, to send it again.
@@ -1228,7 +1227,7 @@ fn failure_response(failure: Failure, target: Option<&Target>) -> Response<Respo
 
 /// The error and its causes on one line: hyper's top-level message ("client error
 /// (Connect)") says little without them.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -380,10 +380,13 @@ async fn requests_right_behind_an_h2c_connection_closing_all_succeed() {
 async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
     let backend = RefusingH2cBackend::start("blue-1").await;
     let proxy = proxy_to(backend.addr);
-    proxy.set_options(ProxyOptions {
+    let mut options = ProxyOptions {
         upstream_protocol: UpstreamProtocol::H2c,
         ..ProxyOptions::default()
-    });
+    };
+    // One failure would take the instance out of rotation.
+    options.health.consecutive_failures = 1;
+    proxy.set_options(options);
     let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
     let mut client = Client::h2c(addr).await;
 
@@ -412,9 +415,49 @@ async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{answer:?}");
     assert_eq!(backend.counts(), (4, 1));
 
-    // The instance serves on: a refusal sent again on is not held against it.
-    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+    // Turning requests away unprocessed is not failing: none of it was held against
+    // the instance, which serves on.
     assert!(proxy.ejected().is_empty());
+    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+}
+
+#[tokio::test]
+async fn a_client_body_that_breaks_off_is_a_400_and_not_held_against_the_instance() {
+    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
+        let blue = match protocol {
+            UpstreamProtocol::Http1 => backend("blue-1").await,
+            UpstreamProtocol::H2c => h2c_backend("blue-1").await.0,
+        };
+        let proxy = proxy_to(blue);
+        let mut options = ProxyOptions {
+            upstream_protocol: protocol,
+            ..ProxyOptions::default()
+        };
+        // One failure would take the instance out of rotation.
+        options.health.consecutive_failures = 1;
+        proxy.set_options(options);
+        let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+
+        // The instance waits for the whole body; the client sends a chunk, then
+        // something that is no chunk size.
+        let mut raw = Raw::open(addr).await;
+        raw.write("POST /upload HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        raw.chunk("hello").await;
+        raw.write("ZZ\r\n").await;
+        let head = raw.head().await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{protocol:?}: {head}");
+        assert!(
+            head.contains("x-teal-reason: client-body-failed"),
+            "{protocol:?}: {head}"
+        );
+
+        assert!(proxy.ejected().is_empty(), "{protocol:?}");
+        let stats = proxy.stats(Color::Blue);
+        assert_eq!((stats.rejected, stats.proxy_errors), (1, 0), "{protocol:?}");
+        let mut client = Client::http1(addr).await;
+        assert_eq!(client.get("/", &[]).await.body, "blue-1", "{protocol:?}");
+    }
 }
 
 #[tokio::test]
@@ -825,6 +868,7 @@ mod clients {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use bytes::Bytes;
+    use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper::client::conn::{http1, http2};
@@ -1310,6 +1354,13 @@ mod clients {
                         // Never answers (the stream stays open).
                         std::future::pending::<()>().await;
                     }
+                    if request.uri().path() == "/upload" {
+                        // Answers once the whole body is in, with its length.
+                        let body = request.into_body().collect().await;
+                        let text =
+                            body.map_or("broken".to_owned(), |b| b.to_bytes().len().to_string());
+                        return Ok(Response::new(BoxBody::new(Full::new(Bytes::from(text)))));
+                    }
                     let echoed = [
                         ("echo-version", format!("{:?}", request.version())),
                         (
@@ -1332,7 +1383,7 @@ mod clients {
                     trailers.insert("grpc-status", HeaderValue::from_static("0"));
                     let body = Full::new(Bytes::from_static(name.as_bytes()))
                         .with_trailers(std::future::ready(Some(Ok::<_, Infallible>(trailers))));
-                    let mut response = Response::new(body);
+                    let mut response = Response::new(BoxBody::new(body));
                     for (header, value) in echoed {
                         response
                             .headers_mut()
