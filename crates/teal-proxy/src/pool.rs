@@ -8,8 +8,8 @@
 //! route table, by index, with no lookup.
 //!
 //! Instances spoken to in h2c have one HTTP/2 connection per thread instead, shared
-//! by every request (requests that find none at the same moment each open one; the
-//! last is kept). It is let go when a request on it fails or times out, when it
+//! by every request (requests that find none while it is being opened wait for it).
+//! It is let go when a request on it fails or times out, when it
 //! closes, or after [`POOL_IDLE_TIMEOUT`] unused.
 //!
 //! Idle connections are kept per thread (see `workers`): a connection is served by a
@@ -114,6 +114,7 @@ impl Sender {
 }
 
 /// Why no connection could be opened.
+#[derive(Clone)]
 pub(crate) enum ConnectError {
     /// The connect did not complete in time.
     Timeout(Duration),
@@ -129,12 +130,19 @@ pub(crate) struct Instance {
     idle: Box<[Mutex<Vec<Idle>>]>,
     /// The HTTP/2 connection of each thread, when the instance is spoken to in h2c.
     shared: Box<[Mutex<Option<Shared>>]>,
+    /// Per thread, held by the request that opens its HTTP/2 connection, so that the
+    /// requests finding none meanwhile wait for that one rather than each open their
+    /// own; with when the last attempt failed, and why.
+    opening: Box<[tokio::sync::Mutex<LastFailure>]>,
     /// Consecutive failures since the last success.
     failures: AtomicU32,
     /// Milliseconds since the registry's start until which the instance is out of
     /// rotation; 0 when it is in.
     ejected_until: AtomicU64,
 }
+
+/// When opening a connection last failed, and why.
+type LastFailure = Option<(Instant, ConnectError)>;
 
 /// A thread's HTTP/2 connection to an instance.
 struct Shared {
@@ -177,6 +185,9 @@ impl Instance {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             shared: (0..workers::places()).map(|_| Mutex::new(None)).collect(),
+            opening: (0..workers::places())
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
         }
@@ -224,13 +235,21 @@ impl Instance {
         }
     }
 
-    /// Opens a connection (with `TCP_NODELAY`) in the protocol and starts serving it on
-    /// its own task; an HTTP/2 one becomes this thread's shared connection.
+    /// Opens a connection in the protocol and starts serving it on its own task; an
+    /// HTTP/2 one becomes this thread's shared connection.
     pub(crate) async fn connect(
         &self,
         protocol: UpstreamProtocol,
         timeout: Duration,
     ) -> Result<Sender, ConnectError> {
+        match protocol {
+            UpstreamProtocol::Http1 => self.connect_http1(timeout).await,
+            UpstreamProtocol::H2c => self.connect_shared(timeout).await,
+        }
+    }
+
+    /// A TCP connection to the instance, with `TCP_NODELAY`.
+    async fn open(&self, timeout: Duration) -> Result<TokioIo<TcpStream>, ConnectError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => return Err(ConnectError::Failed(io_error(&err))),
@@ -239,33 +258,59 @@ impl Instance {
         if let Err(err) = stream.set_nodelay(true) {
             debug!(instance = %self.addr, error = %err, "could not set TCP_NODELAY");
         }
-        let addr = self.addr;
-        let io = TokioIo::new(stream);
-        if protocol == UpstreamProtocol::H2c {
-            let (request, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(H2_PING_EVERY)
-                .keep_alive_timeout(H2_PING_TIMEOUT)
-                .handshake(io)
-                .await
-                .map_err(|err| ConnectError::Failed(err.to_string()))?;
-            tokio::spawn(async move {
-                // Ends when the connection closes (either side, or every handle gone).
-                if let Err(err) = connection.await {
-                    debug!(instance = %addr, error = %err, "upstream connection ended with an error");
-                }
-            });
-            let mut shared = here(&self.shared);
-            // Requests that found no connection at the same moment each open one;
-            // the last is kept, the others serve their request and close.
-            let id = NEXT_SHARED.fetch_add(1, Ordering::Relaxed);
-            *shared = Some(Shared {
-                request: request.clone(),
-                id,
-                used: Instant::now(),
-            });
-            return Ok(Sender::Http2 { request, id });
+        Ok(TokioIo::new(stream))
+    }
+
+    /// This thread's HTTP/2 connection: opened by the first request that finds none;
+    /// the others wait for it (and, when it cannot be opened, get the same error
+    /// rather than each try in turn, each up to the connect timeout).
+    async fn connect_shared(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let asked = Instant::now();
+        let mut last_failure = self.opening[workers::place()].lock().await;
+        if let Some(sender) = self.checkout(UpstreamProtocol::H2c) {
+            return Ok(sender);
         }
+        if let Some((failed, error)) = last_failure.as_ref()
+            && *failed >= asked
+        {
+            return Err(error.clone());
+        }
+        let opened = self.open_h2(timeout).await;
+        *last_failure = opened
+            .as_ref()
+            .err()
+            .map(|error| (Instant::now(), error.clone()));
+        opened
+    }
+
+    async fn open_h2(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let io = self.open(timeout).await?;
+        let (request, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_EVERY)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .handshake(io)
+            .await
+            .map_err(|err| ConnectError::Failed(err.to_string()))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            // Ends when the connection closes (either side, or every handle gone).
+            if let Err(err) = connection.await {
+                debug!(instance = %addr, error = %err, "upstream connection ended with an error");
+            }
+        });
+        let id = NEXT_SHARED.fetch_add(1, Ordering::Relaxed);
+        *here(&self.shared) = Some(Shared {
+            request: request.clone(),
+            id,
+            used: Instant::now(),
+        });
+        Ok(Sender::Http2 { request, id })
+    }
+
+    async fn connect_http1(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let io = self.open(timeout).await?;
+        let addr = self.addr;
         let (request, connection) = http1::Builder::new()
             // One buffer, one write() (see the server's builder).
             .writev(false)

@@ -461,6 +461,51 @@ async fn a_client_body_that_breaks_off_is_a_400_and_not_held_against_the_instanc
 }
 
 #[tokio::test]
+async fn h2c_requests_at_a_cold_start_wait_for_one_connection_instead_of_each_opening_one() {
+    let (blue, connections) = h2c_backend("blue-1").await;
+    let proxy = proxy_to(blue);
+    proxy.set_options(ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    });
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    let client = Client::h2c(addr).await;
+    // The first requests after a start, all at once.
+    let answers = client.concurrent(20, "/shop.Cart/List").await;
+    assert!(answers.iter().all(|a| a.body == "blue-1"), "{answers:?}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "connections the instance accepted"
+    );
+}
+
+#[tokio::test]
+async fn h2c_requests_waiting_for_a_connect_that_times_out_fail_with_it() {
+    // Connects to this address hang: each waiting request must not try again in
+    // turn (20 of them, 300 ms each, would take 6 s).
+    let hole = blackhole().await;
+    let proxy = proxy_to(hole.addr);
+    let mut options = ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    };
+    options.limits.connect_timeout = Duration::from_millis(300);
+    proxy.set_options(options);
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    let client = Client::h2c(addr).await;
+    let started = std::time::Instant::now();
+    let answers = client.concurrent(20, "/").await;
+    let took = started.elapsed();
+    assert!(
+        answers.iter().all(|a| a.status == StatusCode::BAD_GATEWAY
+            && a.header("x-teal-reason") == "upstream-connect-timeout"),
+        "{answers:?}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[tokio::test]
 async fn after_a_timeout_on_an_h2c_connection_the_next_request_gets_a_new_one() {
     let (blue, connections) = h2c_backend("blue-1").await;
     let proxy = proxy_to(blue);
