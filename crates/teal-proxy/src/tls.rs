@@ -242,6 +242,9 @@ struct FileStamp {
     /// A file renamed into place (the usual atomic rotation) is a new inode even when
     /// its time and size happen to equal the old one's.
     inode: u64,
+    /// The inode's change time, which chmod and chown move: a key that could not be read
+    /// when it was renamed into place is tried again once its permissions are fixed.
+    changed: (i64, i64),
 }
 
 /// Both files' stamps; None for a file that cannot be examined now (mid-rotation,
@@ -264,13 +267,17 @@ impl Stamp {
 fn file_stamp(path: &Path) -> Option<FileStamp> {
     let metadata = fs::metadata(path).ok()?;
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    let (inode, changed) = {
+        use std::os::unix::fs::MetadataExt;
+        (metadata.ino(), (metadata.ctime(), metadata.ctime_nsec()))
+    };
     #[cfg(not(unix))]
-    let inode = 0;
+    let (inode, changed) = (0, (0, 0));
     Some(FileStamp {
         modified: metadata.modified().ok(),
         len: metadata.len(),
         inode,
+        changed,
     })
 }
 
@@ -336,4 +343,30 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_permission_change_alone_is_a_change_of_the_files() {
+        // The rotation that needs this: a key renamed into place unreadable by teal,
+        // then chmod-ed. Its time, size and inode stay; without a new stamp the failed
+        // load would never be tried again.
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        fs::write(&cert, "cert").unwrap();
+        fs::write(&key, "key").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o000)).unwrap();
+        let before = Stamp::of(&cert, &key);
+        assert_eq!(before, Stamp::of(&cert, &key), "nothing changed yet");
+
+        // ctime has a clock tick's resolution on some filesystems.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(before, Stamp::of(&cert, &key));
+    }
 }
