@@ -490,6 +490,7 @@ mod tests {
             started_at_ms: 0,
             restarts: 0,
             stopping,
+            ready: false,
         }
     }
 

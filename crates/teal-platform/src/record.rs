@@ -31,6 +31,11 @@ pub(crate) struct Record {
     pub restarts: u32,
     /// Being stopped: a new daemon finishes the stop instead of adopting it.
     pub stopping: bool,
+    /// Its readiness as last probed. A daemon that adopts it (a takeover, a restart)
+    /// routes to it from the start rather than after probes that may take a while to
+    /// pass again; the probes go on and take it out when they fail.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// `run_dir/instances`.

@@ -199,7 +199,7 @@ impl Instance {
                 port: record.port,
                 pid: Some(record.pid),
                 start_time: record.start_time,
-                ready: false,
+                ready: record.ready && !record.stopping,
                 started_at_ms: record.started_at_ms,
                 restarts: record.restarts,
                 problem: None,
@@ -273,6 +273,7 @@ impl Instance {
             started_at_ms: state.started_at_ms,
             restarts: state.restarts,
             stopping: state.stopping,
+            ready: state.ready,
         };
         if let Err(error) = record::write(&shared.run_dir, &record) {
             tracing::warn!(instance = %self.id, %error, "cannot write instance record; a restarted daemon will not adopt it");
@@ -288,22 +289,28 @@ impl Instance {
         lock(&self.state).problem = Some(problem);
     }
 
-    /// A readiness check passed often enough; true when that made it ready.
-    fn mark_ready(&self) -> bool {
+    /// A readiness check passed often enough; true when that made it ready (which its
+    /// record then says).
+    fn mark_ready(&self, shared: &Shared) -> bool {
         let mut state = lock(&self.state);
         state.problem = None;
         let flipped = !state.ready && !state.stopping;
-        state.ready |= flipped;
+        if flipped {
+            state.ready = true;
+            self.save(shared, &state);
+        }
         flipped
     }
 
-    /// A readiness check failed; true when that made it unready.
-    fn probe_failed(&self, why: String, enough_to_unready: bool) -> bool {
+    /// A readiness check failed; true when that made it unready (which its record then
+    /// says).
+    fn probe_failed(&self, shared: &Shared, why: String, enough_to_unready: bool) -> bool {
         let mut state = lock(&self.state);
         state.problem = Some(why);
         let flipped = state.ready && enough_to_unready;
         if flipped {
             state.ready = false;
+            self.save(shared, &state);
         }
         flipped
     }
@@ -592,7 +599,7 @@ async fn readiness(
             Ok(()) => {
                 failures = 0;
                 passes = passes.saturating_add(1);
-                if passes >= probe.success_threshold && instance.mark_ready() {
+                if passes >= probe.success_threshold && instance.mark_ready(shared) {
                     tracing::info!(instance = %instance.id, "ready");
                     shared.bump();
                 }
@@ -600,7 +607,7 @@ async fn readiness(
             Err(why) => {
                 passes = 0;
                 failures = failures.saturating_add(1);
-                if instance.probe_failed(why, failures >= probe.failure_threshold) {
+                if instance.probe_failed(shared, why, failures >= probe.failure_threshold) {
                     tracing::info!(instance = %instance.id, "not ready");
                     shared.bump();
                 }

@@ -653,3 +653,48 @@ async fn a_suspended_platform_leaves_its_instances_to_the_next_one() {
     new.shutdown_all().await;
     assert!(!group_alive(pid));
 }
+
+/// An adopting daemon routes to the instances its predecessor found ready without
+/// waiting for their probes to pass again (which can take many periods), and the
+/// probes go on: one that fails takes the instance out, and that is what the next
+/// daemon adopts.
+#[tokio::test]
+async fn an_adopted_instance_keeps_the_readiness_last_probed_until_a_probe_says_otherwise() {
+    let run = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("ready"), "yes").unwrap();
+    let blue = key("adopt-ready", Color::Blue);
+    let old = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let _old_guard = KillOnDrop(old.clone(), "adopt-ready");
+    let mut template = python_server(site.path());
+    // Four passes 300 ms apart: a fresh probe needs about a second to say ready.
+    template.readiness_probe = Some(Probe {
+        period: Duration::from_millis(300),
+        success_threshold: 4,
+        ..http_probe("/ready")
+    });
+    old.start(blue.clone(), spec(template, 1, 1)).await.unwrap();
+    let pid = wait_ready(&old, &blue, 1).await.remove(0).pid;
+    old.suspend().await;
+
+    let new = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let _new_guard = KillOnDrop(new.clone(), "adopt-ready");
+    let adopted = instances(&new, &blue);
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].pid, pid);
+    assert!(adopted[0].ready, "ready from the moment it is adopted");
+
+    std::fs::remove_file(site.path().join("ready")).unwrap();
+    wait_for("the failing probe to take it out", || {
+        (!instances(&new, &blue)[0].ready).then_some(())
+    })
+    .await;
+    new.suspend().await;
+    let next = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let _next_guard = KillOnDrop(next.clone(), "adopt-ready");
+    assert!(
+        !instances(&next, &blue)[0].ready,
+        "adopted unready, as it was last probed"
+    );
+    next.shutdown_all().await;
+}
