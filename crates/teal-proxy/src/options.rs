@@ -95,6 +95,10 @@ pub struct ProxyOptions {
     pub upgraded_drain_timeout: Duration,
     /// What the proxy speaks to instances. Default HTTP/1.1.
     pub upstream_protocol: UpstreamProtocol,
+    /// How long a listener that stops (its daemon hands over or stops, or its address
+    /// changes) lets its open connections finish the requests they are serving
+    /// before it cuts them. Default [`crate::SHUTDOWN_GRACE`].
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -104,6 +108,7 @@ impl Default for ProxyOptions {
             health: PassiveHealth::default(),
             upgraded_drain_timeout: UPGRADED_DRAIN_TIMEOUT,
             upstream_protocol: UpstreamProtocol::Http1,
+            shutdown_grace: crate::SHUTDOWN_GRACE,
         }
     }
 }

@@ -486,7 +486,12 @@ impl Proxy {
         requests_drained && upgraded_drained
     }
 
-    async fn drain_upgraded(&self, color: Color) -> bool {
+    /// Waits until the color's upgraded connections have ended, or
+    /// [`ProxyOptions::upgraded_drain_timeout`] passes, when they are closed (both
+    /// sides shut down). True when they all ended by themselves. A daemon that handed
+    /// over its listeners calls it for every color before it exits, since its tunnels
+    /// die with it.
+    pub async fn drain_upgraded(&self, color: Color) -> bool {
         let state = self.state(color);
         let timeout = self.options().upgraded_drain_timeout;
         let upgraded = wait_zero(&state.upgraded, &state.upgraded_idle);

@@ -38,7 +38,8 @@ use crate::tls::{Tls, TlsSetting};
 use crate::{Proxy, Role, workers};
 
 /// How long open connections may take to finish their current request after
-/// shutdown before they are cut.
+/// shutdown before they are cut, unless [`crate::ProxyOptions::shutdown_grace`] says
+/// otherwise.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a client may take to complete the TLS handshake before it is dropped, so
@@ -89,7 +90,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 ///
 /// On shutdown it stops accepting, lets every open connection finish the requests it is
 /// serving (keep-alive connections are closed after them; HTTP/2 clients get a GOAWAY),
-/// and returns after at most [`SHUTDOWN_GRACE`]; connections still busy then are cut.
+/// and returns after at most [`crate::ProxyOptions::shutdown_grace`]; connections still
+/// busy then are cut. Upgraded connections are not among them: they belong to the
+/// proxy (see [`Proxy::drain_upgraded`]).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -170,12 +173,13 @@ pub async fn serve_tls(
     // would only mean nobody listens, which needs no action.
     closing_flag.store(true, Ordering::Release);
     let _ = closing_tx.send(true);
-    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    let grace = proxy.options().shutdown_grace;
+    let finished = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if finished.is_err() {
-        warn!(rollout = %proxy.rollout(), %local, open = connections.len(), "connections still busy after the grace period; cutting them");
+        warn!(rollout = %proxy.rollout(), %local, open = connections.len(), ?grace, "connections still busy after the grace period; cutting them");
         connections.shutdown().await;
     }
     Ok(())

@@ -17,7 +17,7 @@ mod view;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use teal_core::Color;
 use teal_core::api::{
@@ -114,6 +114,9 @@ pub struct Daemon {
     passes: tokio::sync::RwLock<()>,
     /// The pid of the daemon this one handed over to.
     successor: watch::Sender<Option<u32>>,
+    /// True while the daemon this one took over from still answers the requests and
+    /// carries the WebSockets it accepted: no color is stopped under them meanwhile.
+    predecessor_running: watch::Sender<bool>,
 }
 
 /// The daemon with every writer stopped, for a takeover: no command is decided, no
@@ -150,14 +153,25 @@ impl Daemon {
             changes: watch::channel(0).0,
             passes: tokio::sync::RwLock::new(()),
             successor: watch::channel(None).0,
+            predecessor_running: watch::channel(!inherited.is_empty()).0,
         });
+        // Every rollout's listeners before any reconciler starts: a takeover that cannot
+        // serve what it was handed is refused with nothing begun, and the running daemon,
+        // which still serves those sockets, carries on.
+        let mut planned = Vec::new();
         for (name, stored) in daemon.store.rollouts()? {
             let (sockets, routes) = match inherited.remove(&name) {
                 Some(inherited) => (inherited.sockets, Some(inherited.routes)),
                 None => (Handed::default(), None),
             };
+            let handed = sockets.active.is_some() || sockets.preview.is_some();
             let listeners = match Listeners::take_over(&stored.spec, None, sockets).await {
                 Ok(listeners) => listeners,
+                Err(error) if handed => {
+                    return Err(error.context(format!(
+                        "rollout {name}: cannot serve the sockets the running daemon handed over"
+                    )));
+                }
                 Err(error) => {
                     tracing::warn!(
                         "rollout {name}: {error:#}; the reconciler keeps trying to bind it"
@@ -170,7 +184,10 @@ impl Daemon {
                 preview,
                 preview_match: stored.spec.strategy.preview_match.clone(),
             });
-            daemon.install(&stored.spec, listeners, routes);
+            planned.push((stored.spec, listeners, routes));
+        }
+        for (spec, listeners, routes) in planned {
+            daemon.install(&spec, listeners, routes);
         }
         tokio::spawn(sample_traffic(Arc::downgrade(&daemon)));
         Ok(daemon)
@@ -728,6 +745,47 @@ impl Daemon {
             .collect()
     }
 
+    /// The daemon this one took over from has exited (or the takeover is over).
+    pub fn predecessor_exited(&self) {
+        self.predecessor_running.send_replace(false);
+    }
+
+    /// Waits (at most `timeout`) until the daemon this one took over from has exited:
+    /// it may still be answering requests on a color, or carrying its WebSockets, that
+    /// this daemon is about to stop. True when it has.
+    pub(crate) async fn wait_for_predecessor(&self, timeout: Duration) -> bool {
+        let mut running = self.predecessor_running.subscribe();
+        if !*running.borrow() {
+            return true;
+        }
+        tracing::info!(
+            "waiting for the daemon this one took over from to finish its requests (at most {timeout:?})"
+        );
+        matches!(
+            tokio::time::timeout(timeout, running.wait_for(|running| !*running)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Waits until every rollout's upgraded connections (WebSockets) have ended, each
+    /// within its `upgradedDrainTimeout`, after which they are closed cleanly: for a
+    /// daemon that handed over, whose tunnels end with it.
+    pub async fn drain_upgraded(&self) {
+        let proxies: Vec<Arc<Proxy>> = self
+            .runtimes
+            .lock()
+            .expect("runtimes lock")
+            .values()
+            .map(|runtime| runtime.proxy.clone())
+            .collect();
+        let drains = proxies.iter().flat_map(|proxy| {
+            Color::ALL
+                .into_iter()
+                .map(move |color| proxy.drain_upgraded(color))
+        });
+        futures_util::future::join_all(drains).await;
+    }
+
     /// The pid of the daemon this one handed over to, once it has.
     pub fn successor(&self) -> Option<u32> {
         *self.successor.borrow()
@@ -749,7 +807,7 @@ impl Daemon {
 
     /// Stops accepting on every rollout's listeners (a successor accepts on the same
     /// sockets); returns their accept loops, which end once the requests in flight
-    /// are answered (bounded by `teal_proxy::SHUTDOWN_GRACE`).
+    /// are answered (within the rollout's drainTimeoutSeconds).
     pub fn close_listeners(&self) -> Vec<JoinHandle<()>> {
         self.runtimes
             .lock()
@@ -789,7 +847,8 @@ const RESUME_WARM: std::time::Duration = std::time::Duration::from_secs(5);
 impl Quiesced<'_> {
     /// The takeover failed: supervise, reconcile and decide again. The reconcilers
     /// wait until the instances the proxies route to are ready again (adopted anew,
-    /// they pass a probe first; at most [`RESUME_WARM`]), so no route loses them.
+    /// they keep the readiness last probed, so this waits only for one whose probe
+    /// failed meanwhile; at most [`RESUME_WARM`]), so no route loses them.
     pub async fn resume(self) {
         let daemon = self.daemon;
         if let Err(error) = daemon.platform.resume() {

@@ -10,9 +10,9 @@
 //!    rollout's listening sockets (passed as `SCM_RIGHTS` ancillary data) with the
 //!    addresses they were configured for and where its routes point. It keeps
 //!    accepting on them all along.
-//! 3. The new daemon adopts the instances, waits until the ones the old daemon routed
-//!    to pass their readiness probes, starts its reconcilers with the old routes,
-//!    serves the sockets and answers `Ready`.
+//! 3. The new daemon adopts the instances (each keeps the readiness it was last
+//!    probed with), checks that the ones the old daemon routed to are ready, starts its
+//!    reconcilers with the old routes, serves the sockets and answers `Ready`.
 //! 4. The old daemon stops accepting. A listening socket has one queue of pending
 //!    connections, shared by every process that holds it, so from then on the new
 //!    daemon accepts them all and none was ever refused. The old one answers the
@@ -63,8 +63,9 @@ pub const SOCKET_FILE: &str = "handoff.sock";
 const OFFER_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the old daemon waits for its successor to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the new daemon waits for the adopted instances to pass a readiness probe
-/// before it serves anyway (the old daemon serves meanwhile).
+/// How long the new daemon waits for the adopted instances the old daemon routed to to
+/// be ready (they are, unless a probe failed since) before it serves anyway (the old
+/// daemon serves meanwhile).
 const WARM_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a connecting process has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -350,7 +351,7 @@ impl Takeover {
 
     /// Tells the old daemon that this one serves: it stops accepting, finishes what is
     /// in flight and exits. Call it once everything listens.
-    pub async fn finish(mut self) -> anyhow::Result<()> {
+    pub async fn finish(mut self, daemon: Arc<Daemon>) -> anyhow::Result<()> {
         write(&mut self.stream, &Message::Ready)
             .await
             .with_context(|| format!("cannot tell pid {} to go", self.predecessor))?;
@@ -365,6 +366,7 @@ impl Takeover {
             let mut rest = Vec::new();
             let _ = stream.read_to_end(&mut rest).await;
             tracing::info!("pid {predecessor} finished its requests and exited");
+            daemon.predecessor_exited();
         });
         Ok(())
     }

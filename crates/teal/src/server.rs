@@ -124,7 +124,7 @@ pub async fn run(
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api = tokio::spawn(serve_api(listener, app, api_stopped));
     if let Some(takeover) = takeover {
-        takeover.finish().await?;
+        takeover.finish(daemon.clone()).await?;
     }
     let handoffs = match Handoffs::listen(data_dir, daemon.clone(), api_socket) {
         Ok(handoffs) => Some(handoffs),
@@ -163,18 +163,15 @@ pub async fn run(
         println!(
             "teal: handed over to pid {successor}; answering the requests in flight (the instances keep running)"
         );
-        let listeners = daemon.close_listeners();
-        let drained = tokio::time::timeout(teal_proxy::SHUTDOWN_GRACE + API_DRAIN, async {
-            for listener in listeners {
-                let _ = listener.await;
-            }
-            if api_failed.is_none() {
-                let _ = (&mut api).await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("connections still open after the drain; closing them");
+        // Each listener answers its requests within its rollout's drainTimeoutSeconds;
+        // then the WebSockets, which die with this process, get their
+        // upgradedDrainTimeout and are closed cleanly.
+        for listener in daemon.close_listeners() {
+            let _ = listener.await;
+        }
+        daemon.drain_upgraded().await;
+        if api_failed.is_none() && tokio::time::timeout(API_DRAIN, &mut api).await.is_err() {
+            tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");
         }
         println!("teal: handed over to pid {successor}; exiting");
         return Ok(());

@@ -173,7 +173,7 @@ impl Listeners {
 
     /// Stops accepting (the socket stays open wherever else it is held, as in a
     /// successor daemon); returns the accept loops, which end once the connections
-    /// they serve are done (bounded by `teal_proxy::SHUTDOWN_GRACE`).
+    /// they serve are done (within the proxy's `shutdown_grace`).
     pub fn close(&mut self) -> Vec<JoinHandle<()>> {
         [self.active.take(), self.preview.take()]
             .into_iter()

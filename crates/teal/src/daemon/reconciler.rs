@@ -301,6 +301,10 @@ async fn drain_and_stop(
             "rollout {name}: {color} still had requests or connections open after draining; stopping it anyway"
         );
     }
+    tokio::select! {
+        () = wait_for_predecessor(&daemon, name, &runtime) => {}
+        _ = cancelled.wait_for(|cancel| *cancel) => return,
+    }
     // Stopping changes the world: not while a takeover holds the passes.
     let _pass = tokio::select! {
         pass = daemon.passes.read() => pass,
@@ -360,6 +364,7 @@ async fn settle_stops(
                 "rollout {name}: {color} still had requests in flight after draining; stopping it anyway"
             );
         }
+        wait_for_predecessor(daemon, name, runtime).await;
         tracing::info!("rollout {name}: stopping {color} to replace it");
         daemon
             .platform
@@ -371,10 +376,27 @@ async fn settle_stops(
     }
 }
 
+/// Before a color is stopped: the daemon this one took over from may still be
+/// answering requests on it, or carrying its WebSockets, within the same drain
+/// timeouts this daemon's own drain honoured (plus a margin for its exit).
+async fn wait_for_predecessor(daemon: &Daemon, name: &str, runtime: &Runtime) {
+    let options = runtime.proxy.options();
+    let bound = options.shutdown_grace + options.upgraded_drain_timeout + Duration::from_secs(10);
+    if !daemon.wait_for_predecessor(bound).await {
+        tracing::warn!(
+            "rollout {name}: the daemon this one took over from still runs after {bound:?}; stopping anyway"
+        );
+    }
+}
+
 /// The proxy options a spec asks for: its `proxy` settings over the defaults.
 pub(super) fn proxy_options(spec: &RolloutSpec) -> ProxyOptions {
     let settings = &spec.strategy.proxy;
-    let mut options = ProxyOptions::default();
+    let mut options = ProxyOptions {
+        // A listener that stops (a takeover) gives its requests as long as a switch does.
+        shutdown_grace: spec.strategy.drain_timeout,
+        ..ProxyOptions::default()
+    };
     let limits = &mut options.limits;
     if let Some(timeout) = settings.connect_timeout {
         limits.connect_timeout = timeout;

@@ -12,13 +12,13 @@ use teal_core::rollout::Phase;
 use crate::support::*;
 
 /// An upgraded connection through teal to a demo app, which echoes what it gets.
-struct Tunnel {
+pub(crate) struct Tunnel {
     stream: TcpStream,
 }
 
 impl Tunnel {
     /// Upgrades a fresh connection to `address`; returns it and the color behind it.
-    fn open(address: SocketAddr) -> (Tunnel, String) {
+    pub(crate) fn open(address: SocketAddr) -> (Tunnel, String) {
         let mut stream = TcpStream::connect(address).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -45,7 +45,7 @@ impl Tunnel {
     }
 
     /// Sends `text` and expects it back.
-    fn echo(&mut self, text: &str) {
+    pub(crate) fn echo(&mut self, text: &str) {
         self.stream.write_all(text.as_bytes()).unwrap();
         let mut back = vec![0u8; text.len()];
         self.stream.read_exact(&mut back).unwrap();
@@ -53,7 +53,7 @@ impl Tunnel {
     }
 
     /// True once the other end closed the connection cleanly (end of stream).
-    fn closed(&mut self) -> bool {
+    pub(crate) fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
     }

@@ -413,3 +413,89 @@ fn a_takeover_that_fails_leaves_the_running_daemon_in_charge() {
         "blue was left running as it was"
     );
 }
+
+/// The old daemon drains as a switch does: a request that takes longer than the
+/// 5 s a listener gives by default is answered within `drainTimeoutSeconds`, a
+/// WebSocket goes on until `upgradedDrainTimeout` and is then closed cleanly, and the
+/// new daemon does not stop the color under them (here blue, switched away from just
+/// before the takeover and due to be stopped).
+#[test]
+fn a_takeover_drains_the_old_daemon_within_the_rollout_drain_timeouts() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("drained", "v1");
+    spec.replicas = 1;
+    spec.scale_down_delay = 1;
+    spec.strategy_extra =
+        "      drainTimeoutSeconds: 30\n      proxy: {upgradedDrainTimeout: 3s}\n".to_owned();
+    sandbox.apply_ok("drained.yaml", &spec.yaml());
+    let live = sandbox.wait_for("drained", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    spec.version = "v2";
+    sandbox.apply_ok("drained.yaml", &spec.yaml());
+    sandbox.wait_for("drained", "v2 in preview", |r| r.phase == Phase::Paused);
+
+    let (mut tunnel, color) = crate::drain::Tunnel::open(active);
+    assert_eq!(color, "blue");
+    tunnel.echo("before");
+    let slow = rt.spawn(async move {
+        let started = std::time::Instant::now();
+        let answer = Connection::open(active)
+            .await
+            .map_err(|e| e.to_string())?
+            .get("/slow?ms=15000", None)
+            .await?;
+        Ok::<_, String>((answer, started.elapsed()))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sandbox.teal_ok(&["promote", "drained"]);
+    sandbox.wait_for("drained", "users on green", |r| {
+        r.active_color == Some(Color::Green)
+    });
+    // Past the scale-down delay: blue is draining, to be stopped once the slow request
+    // and the WebSocket are done.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let mut old = sandbox.start_successor();
+    eventually(Duration::from_secs(30), "the new daemon serves", || {
+        sandbox.daemon_log().contains("took over").then_some(())
+    });
+    let answer = rt.block_on(get_once(active, None));
+    assert!(answer.body.contains("version v2"), "{answer:?}");
+
+    let (answer, took) = rt
+        .block_on(slow)
+        .unwrap()
+        .expect("the slow request is answered");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.color.as_deref(), Some("blue"), "{answer:?}");
+    // Without the rollout's drain timeout the old daemon would have cut it 5 s after
+    // it stopped accepting, seconds before it was done.
+    assert!(took >= Duration::from_secs(15), "{took:?}");
+    tunnel.echo("after the takeover");
+    // The old daemon has no request left; it stays for the WebSocket.
+    std::thread::sleep(Duration::from_millis(1500));
+    tunnel.echo("still up");
+
+    // Closed by the old daemon once upgradedDrainTimeout is over, which then exits.
+    let closed_at = std::time::Instant::now();
+    assert!(tunnel.closed(), "the WebSocket is closed cleanly");
+    assert!(closed_at.elapsed() < Duration::from_secs(8));
+    let status = eventually(Duration::from_secs(15), "the old daemon exits", || {
+        old.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", sandbox.daemon_log());
+
+    // Only now does the new daemon stop blue.
+    let log = sandbox.daemon_log();
+    assert!(
+        log.contains("waiting for the daemon this one took over from"),
+        "{log}"
+    );
+    sandbox.wait_for("drained", "blue stopped", |r| {
+        r.colors
+            .iter()
+            .filter(|c| c.color == Color::Blue)
+            .all(|c| c.instances.is_empty())
+    });
+}

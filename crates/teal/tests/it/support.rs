@@ -115,6 +115,24 @@ impl Sandbox {
         old
     }
 
+    /// Starts a second `teal server` on this data directory that is expected to give
+    /// up its takeover: waits for it to exit and returns its status, the first daemon
+    /// staying in charge.
+    pub fn failed_successor(&self) -> std::process::ExitStatus {
+        let mut successor = self.spawn_daemon();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = successor.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = successor.kill();
+                panic!("the successor neither served nor gave up within 60s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The running daemon's process id.
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.as_ref().expect("a daemon runs").id()

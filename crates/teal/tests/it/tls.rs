@@ -91,6 +91,56 @@ fn tls_on_the_active_service_serves_https_and_files_that_do_not_load_refuse_the_
     assert!(body.contains("version v1"), "{body}");
 }
 
+#[test]
+fn a_takeover_whose_certificate_files_do_not_load_is_refused_and_https_goes_on() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let ca = TestCa::new();
+    ca.write_server_files(sandbox.data_dir());
+    let yaml = DemoSpec::new("shop", "v1").yaml().replace(
+        "activeService: {listen: \"127.0.0.1:0\"}",
+        "activeService: {listen: \"127.0.0.1:0\", tls: {certFile: cert.pem, keyFile: key.pem}}",
+    );
+    sandbox.apply_ok("shop.yaml", &yaml);
+    let live = sandbox.wait_for("shop", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let old_pid = sandbox.daemon_pid();
+
+    // The key is damaged on disk; the running daemon keeps the pair it loaded.
+    std::fs::write(sandbox.data_dir().join("key.pem"), "not a key\n").unwrap();
+    let (_, body) = rt.block_on(https_get(active, &ca, b"h2"));
+    assert!(body.contains("version v1"), "{body}");
+
+    // A new daemon could only serve the handed socket without a certificate: it
+    // refuses the takeover and says why, and the old one goes on serving HTTPS.
+    let status = sandbox.failed_successor();
+    assert!(!status.success());
+    let log = sandbox.daemon_log();
+    assert!(
+        log.contains("rollout shop: cannot serve the sockets the running daemon handed over"),
+        "{log}"
+    );
+    assert!(log.contains("key.pem"), "{log}");
+    assert!(log.contains("a takeover failed"), "{log}");
+    assert_eq!(sandbox.daemon_pid(), old_pid);
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let (_, body) = rt.block_on(https_get(active, &ca, alpn));
+        assert!(body.contains("version v1"), "{body}");
+    }
+
+    // With the files repaired the takeover goes through and HTTPS goes on.
+    ca.write_server_files(sandbox.data_dir());
+    let mut old = sandbox.start_successor();
+    let status = eventually(
+        std::time::Duration::from_secs(60),
+        "the old daemon exits once it handed over",
+        || old.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{}", sandbox.daemon_log());
+    let (_, body) = rt.block_on(https_get(active, &ca, b"h2"));
+    assert!(body.contains("version v1"), "{body}");
+}
+
 /// A certificate authority the test trusts, and a server certificate it issued for
 /// `localhost`.
 struct TestCa {
