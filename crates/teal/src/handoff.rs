@@ -77,10 +77,19 @@ const MAX_MESSAGE: u32 = 16 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Message {
-    Hello { pid: u32, version: String },
+    Hello {
+        pid: u32,
+        version: String,
+    },
     Offer(Offer),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Ready,
+    /// The old daemon's answer to `Ready`: it stops accepting now. Without it (the
+    /// old daemon gave up waiting and carries on), the new one exits, so that two
+    /// daemons never stay on one data directory.
+    Going,
 }
 
 /// Everything the old daemon hands over. The descriptors follow the message in the
@@ -92,6 +101,10 @@ struct Offer {
     version: String,
     api: Option<Socket>,
     rollouts: Vec<RolloutOffer>,
+    /// The old daemon answers `Ready` with `Going` (daemons from before that message
+    /// do not say so, and are not waited for).
+    #[serde(default)]
+    confirms: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -156,6 +169,8 @@ pub struct Takeover {
     sockets: BTreeMap<String, Handed>,
     /// How many of the listening sockets that came over are served.
     count: usize,
+    /// The old daemon confirms `Ready` with `Going`.
+    confirms: bool,
 }
 
 /// Asks the daemon running on `data_dir`, if there is one, to hand over. None when no
@@ -247,6 +262,7 @@ pub async fn take_over(data_dir: &Path) -> anyhow::Result<Option<Takeover>> {
         rollouts: offer.rollouts,
         sockets,
         count: expected.len(),
+        confirms: offer.confirms,
     }))
 }
 
@@ -355,6 +371,15 @@ impl Takeover {
         write(&mut self.stream, &Message::Ready)
             .await
             .with_context(|| format!("cannot tell pid {} to go", self.predecessor))?;
+        if self.confirms {
+            match tokio::time::timeout(HELLO_TIMEOUT, read(&mut self.stream)).await {
+                Ok(Ok(Message::Going)) => {}
+                _ => bail!(
+                    "pid {} did not confirm the takeover (it gave up waiting and carries on); exiting so that one daemon runs",
+                    self.predecessor
+                ),
+            }
+        }
         println!(
             "teal: took over {} listeners from pid {}",
             self.count, self.predecessor
@@ -525,11 +550,14 @@ async fn hand_over(
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api,
             rollouts: offers,
+            confirms: true,
         };
         write(&mut stream, &Message::Offer(offer)).await?;
         send_fds(&stream, &fds).await?;
         match tokio::time::timeout(READY_TIMEOUT, read(&mut stream)).await {
-            Ok(Ok(Message::Ready)) => Ok(()),
+            Ok(Ok(Message::Ready)) => write(&mut stream, &Message::Going)
+                .await
+                .with_context(|| format!("pid {successor} went away after it said it serves")),
             Ok(Ok(other)) => bail!("pid {successor} answered {other:?} instead of Ready"),
             Ok(Err(error)) => {
                 Err(error).with_context(|| format!("pid {successor} gave up before serving"))

@@ -92,14 +92,15 @@ pub async fn run(
         }
         None => BTreeMap::new(),
     };
-    let daemon = Daemon::start(store, platform, inherited).await?;
-
+    // The API first: a daemon that takes over must not exit after it began serving
+    // the handed sockets because its own API address is taken.
     let listener = match takeover.as_mut().and_then(|t| t.api(options.api)) {
         Some(listener) => listener,
         None => TcpListener::bind(options.api)
             .await
             .with_context(|| format!("cannot listen on {} for the API", options.api))?,
     };
+    let daemon = Daemon::start(store, platform, inherited).await?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!("the API listens on {bound}, which is not loopback; keep the token secret");

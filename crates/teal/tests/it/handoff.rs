@@ -499,3 +499,45 @@ fn a_takeover_drains_the_old_daemon_within_the_rollout_drain_timeouts() {
             .all(|c| c.instances.is_empty())
     });
 }
+
+/// The running daemon gave up waiting (it carries on) just as the new one said it
+/// serves: the new one is not confirmed, and exits rather than run beside it.
+#[test]
+fn a_successor_the_running_daemon_does_not_confirm_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("handoff.sock")).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let hello = read_message(&mut stream);
+        assert!(hello.starts_with(r#"{"hello":"#), "{hello}");
+        write_message(
+            &mut stream,
+            r#"{"offer":{"pid":1,"version":"test","api":null,"rollouts":[],"confirms":true}}"#,
+        );
+        // Ready arrives; no Going is sent back.
+        read_message(&mut stream)
+    });
+    let mut successor = std::process::Command::new(TEAL)
+        .args(["server", "--api", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually(Duration::from_secs(30), "the successor exits", || {
+        successor.try_wait().unwrap()
+    });
+    let _ = successor.kill();
+    assert_eq!(old.join().unwrap(), r#""ready""#);
+    let output = successor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("pid 1 did not confirm the takeover"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("api.addr").exists(),
+        "it never announced itself"
+    );
+}
