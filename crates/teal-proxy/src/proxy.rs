@@ -856,7 +856,7 @@ impl Proxy {
                     // An instance that turns a request away unprocessed (it is at its
                     // stream limit, or shutting down) is not failing: not held
                     // against it.
-                    let unprocessed = unprocessed(&err);
+                    let unprocessed = unprocessed(&err, protocol);
                     if unprocessed && let Some(head) = replay.take() {
                         // Nothing of it reached the application: once more, on a new
                         // connection, to another instance when there is one.
@@ -1158,12 +1158,22 @@ fn absolute(uri: &Uri, authority: Authority) -> Option<Uri> {
 
 /// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
 /// idempotent too but carry intent the user may not want repeated by a proxy.
-/// Whether an HTTP/2 instance said it did not process the request (RFC 9113 §8.7): it
+/// Whether an HTTP/2 instance did not get the request to process (RFC 9113 §8.7): it
 /// refused the stream (`REFUSED_STREAM`), or the stream was above the last one its
 /// GOAWAY said it would process, or opened after that GOAWAY. h2 reports those as a
 /// GOAWAY error from the peer; a stream the instance had taken and then lost with the
-/// connection gets an I/O error instead.
-fn unprocessed(err: &hyper::Error) -> bool {
+/// connection gets an I/O error instead. Or the connection ended while the request
+/// still waited in hyper for a stream (the instance's stream limit was reached):
+/// hyper's HTTP/2 client hands a request's answer over to a task of its own once it
+/// sent the stream, so only a request it never sent can find its dispatch task gone.
+fn unprocessed(err: &hyper::Error, protocol: UpstreamProtocol) -> bool {
+    if protocol != UpstreamProtocol::H2c {
+        return false;
+    }
+    // hyper names this error only by its message.
+    if err.is_user() && err.to_string() == "dispatch task is gone" {
+        return true;
+    }
     let Some(h2) = std::error::Error::source(err).and_then(|e| e.downcast_ref::<h2::Error>())
     else {
         return false;

@@ -421,6 +421,49 @@ async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
     assert_eq!(client.get("/", &[]).await.body, "blue-1");
 }
 
+/// A request queued behind an h2c instance's stream limit when that instance closes
+/// the connection (here with a GOAWAY after the one it was serving) never reached it:
+/// it is sent again on a new connection, and the instance is not blamed.
+#[tokio::test]
+async fn an_h2c_request_queued_behind_the_stream_limit_of_a_closing_connection_is_sent_again() {
+    let backend = OneStreamH2cBackend::start("blue-1").await;
+    let proxy = proxy_to(backend.addr);
+    let mut options = ProxyOptions {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyOptions::default()
+    };
+    options.health.consecutive_failures = 1;
+    proxy.set_options(options);
+    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    // One client connection: its requests share the proxy's connection to the instance.
+    let mut client = Client::h2c(addr).await;
+    // The proxy's connection is open and knows the limit of one stream.
+    assert_eq!(client.get("/", &[]).await.body, "blue-1");
+
+    // The first is held by the instance a moment; the second waits behind it in the
+    // proxy, unsent; then the instance answers the first and goes away.
+    let (mut one, mut other) = (client.another_stream(), client.another_stream());
+    let first = tokio::spawn(async move { one.get("/", &[]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = tokio::spawn(async move { other.get("/", &[]).await });
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (StatusCode::OK, "blue-1")
+    );
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (StatusCode::OK, "blue-1"),
+        "{second:?}"
+    );
+    assert_eq!(
+        backend.connections(),
+        2,
+        "the second went on a new connection"
+    );
+    assert!(proxy.ejected().is_empty());
+}
+
 #[tokio::test]
 async fn a_client_body_that_breaks_off_is_a_400_and_not_held_against_the_instance() {
     for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2c] {
@@ -1091,6 +1134,22 @@ mod clients {
     }
 
     impl Client {
+        /// A handle for more requests on this HTTP/2 connection, concurrent with its
+        /// others; the connection lives as long as `self`.
+        pub fn another_stream(&self) -> Client {
+            let Sender::Http2(sender) = &self.sender else {
+                panic!("concurrent requests need HTTP/2");
+            };
+            Client {
+                sender: Sender::Http2(sender.clone()),
+                scheme: self.scheme,
+                authority: self.authority.clone(),
+                task: tokio::spawn(async {}),
+                alpn: self.alpn.clone(),
+                peer_certificate: self.peer_certificate.clone(),
+            }
+        }
+
         /// Plain HTTP/1.1.
         pub async fn http1(addr: SocketAddr) -> Client {
             let stream = TcpStream::connect(addr).await.unwrap();
@@ -1279,6 +1338,80 @@ mod clients {
     /// resets a stream: it refuses with REFUSED_STREAM the stream after
     /// [`refuse_next`](Self::refuse_next) and every stream for `/refused`, and answers
     /// the others with its name.
+    /// An h2c backend that allows one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS
+    /// 1). On each connection it answers the first request at once; it holds the
+    /// second, shuts the connection down (GOAWAY) 100 ms later, and answers it 300 ms
+    /// after that.
+    pub struct OneStreamH2cBackend {
+        pub addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+    }
+
+    impl OneStreamH2cBackend {
+        pub async fn start(name: &'static str) -> OneStreamH2cBackend {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let backend = OneStreamH2cBackend {
+                addr: listener.local_addr().unwrap(),
+                connections: Arc::default(),
+            };
+            let connections = Arc::clone(&backend.connections);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let Ok(mut connection) = h2::server::Builder::new()
+                            .max_concurrent_streams(1)
+                            .handshake::<_, Bytes>(stream)
+                            .await
+                        else {
+                            return;
+                        };
+                        let mut requests = 0;
+                        let shut_down = Arc::new(tokio::sync::Notify::new());
+                        loop {
+                            let (_request, mut respond) = tokio::select! {
+                                next = connection.accept() => match next {
+                                    Some(Ok(stream)) => stream,
+                                    _ => break,
+                                },
+                                // GOAWAY, and after a PING round trip the final
+                                // GOAWAY that names the held stream as the last: a
+                                // stream opened later is not taken.
+                                () = shut_down.notified() => {
+                                    connection.graceful_shutdown();
+                                    continue;
+                                }
+                            };
+                            requests += 1;
+                            let hold = requests > 1;
+                            let shut_down = Arc::clone(&shut_down);
+                            tokio::spawn(async move {
+                                if hold {
+                                    // Time for the proxy to queue the next request
+                                    // behind this one.
+                                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                    shut_down.notify_one();
+                                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                }
+                                if let Ok(mut body) =
+                                    respond.send_response(Response::new(()), false)
+                                {
+                                    let _ = body.send_data(Bytes::from(name), true);
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+            backend
+        }
+
+        /// Connections it accepted.
+        pub fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+    }
+
     pub struct RefusingH2cBackend {
         pub addr: SocketAddr,
         refuse_next: Arc<AtomicBool>,
