@@ -149,8 +149,12 @@ pub async fn run(
     let _ = std::io::stdout().flush();
 
     tokio::pin!(shutdown);
+    let mut signalled = false;
     let api_failed = tokio::select! {
-        () = &mut shutdown => None,
+        () = &mut shutdown => {
+            signalled = true;
+            None
+        }
         _ = daemon.handed_over() => None,
         result = &mut api => Some(result),
     };
@@ -166,11 +170,25 @@ pub async fn run(
         );
         // Each listener answers its requests within its rollout's drainTimeoutSeconds;
         // then the WebSockets, which die with this process, get their
-        // upgradedDrainTimeout and are closed cleanly.
-        for listener in daemon.close_listeners() {
-            let _ = listener.await;
+        // upgradedDrainTimeout and are closed cleanly. A stop signal meanwhile (the
+        // operator does not want to wait) ends the drain there.
+        let listeners = daemon.close_listeners();
+        let drain = async {
+            for listener in listeners {
+                let _ = listener.await;
+            }
+            daemon.drain_upgraded().await;
+        };
+        if signalled {
+            drain.await;
+        } else {
+            tokio::select! {
+                () = drain => {}
+                () = &mut shutdown => {
+                    println!("teal: stopped while draining; closing what is still open");
+                }
+            }
         }
-        daemon.drain_upgraded().await;
         if api_failed.is_none() && tokio::time::timeout(API_DRAIN, &mut api).await.is_err() {
             tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");
         }

@@ -541,3 +541,45 @@ fn a_successor_the_running_daemon_does_not_confirm_exits() {
         "it never announced itself"
     );
 }
+
+/// An old daemon that drains a WebSocket for minutes after a takeover stops at once
+/// when told to: the operator need not wait out `upgradedDrainTimeout`.
+#[test]
+fn a_stop_signal_ends_the_old_daemons_drain() {
+    let mut sandbox = Sandbox::start();
+    let mut spec = DemoSpec::new("patient", "v1");
+    spec.replicas = 1;
+    spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
+    sandbox.apply_ok("patient.yaml", &spec.yaml());
+    let live = sandbox.wait_for("patient", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let (mut tunnel, _) = crate::drain::Tunnel::open(active);
+    tunnel.echo("before");
+
+    let mut old = sandbox.start_successor();
+    eventually(Duration::from_secs(30), "the new daemon serves", || {
+        sandbox.daemon_log().contains("took over").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    tunnel.echo("the old daemon carries it on");
+    assert!(old.try_wait().unwrap().is_none(), "it drains the WebSocket");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = eventually(Duration::from_secs(10), "the old daemon exits", || {
+        old.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", sandbox.daemon_log());
+    assert!(tunnel.closed());
+    assert!(
+        sandbox
+            .daemon_log()
+            .contains("stopped while draining; closing what is still open")
+    );
+    // The instances belong to the new daemon: it still serves.
+    let answer = runtime().block_on(get_once(active, None));
+    assert!(answer.body.contains("version v1"), "{answer:?}");
+}
