@@ -261,7 +261,18 @@ impl LocalPlatform {
     /// `observe` answers with the groups as they were. Returns once no task of this
     /// platform can touch a process or a record any more.
     pub async fn suspend(&self) {
-        let tasks: Vec<JoinHandle<()>> = {
+        self.suspend_and(true).await;
+    }
+
+    /// Like [`suspend`](Self::suspend), writing no record: for a daemon that gives
+    /// the instances back to the one it failed to take over from, which supervises
+    /// them again already.
+    pub async fn let_go(&self) {
+        self.suspend_and(false).await;
+    }
+
+    async fn suspend_and(&self, record_readiness: bool) {
+        let (tasks, instances): (Vec<JoinHandle<()>>, Vec<Arc<Instance>>) = {
             let mut state = lock(&self.state);
             let state = &mut *state;
             if state.suspended.is_some() {
@@ -275,13 +286,12 @@ impl LocalPlatform {
             state.suspended = Some(frozen);
             let groups = std::mem::take(&mut state.groups);
             let mut tasks = std::mem::take(&mut state.stopping);
-            tasks.extend(
-                groups
-                    .into_values()
-                    .flat_map(|group| group.members)
-                    .map(|member| member.task),
-            );
-            tasks
+            let mut instances = Vec::new();
+            for member in groups.into_values().flat_map(|group| group.members) {
+                tasks.push(member.task);
+                instances.push(member.instance);
+            }
+            (tasks, instances)
         };
         for task in &tasks {
             task.abort();
@@ -290,6 +300,11 @@ impl LocalPlatform {
         // running (a child of ours is reaped by tokio when it exits).
         for task in tasks {
             let _ = task.await;
+        }
+        if record_readiness {
+            for instance in &instances {
+                instance.record_for_handover(&self.shared);
+            }
         }
         tracing::info!("instances handed over; no longer supervising them");
     }

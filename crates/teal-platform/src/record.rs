@@ -31,9 +31,11 @@ pub(crate) struct Record {
     pub restarts: u32,
     /// Being stopped: a new daemon finishes the stop instead of adopting it.
     pub stopping: bool,
-    /// Its readiness as last probed. A daemon that adopts it (a takeover, a restart)
-    /// routes to it from the start rather than after probes that may take a while to
-    /// pass again; the probes go on and take it out when they fail.
+    /// Ready when its daemon handed it over (a takeover): the daemon that adopts it
+    /// routes to it from the start rather than after probes that may take many
+    /// periods to pass again, and its probes go on and take it out when they fail.
+    /// Every other write clears it, adoption first: after a crash nothing vouches for
+    /// the instance, and it is probed before it is routed to.
     #[serde(default)]
     pub ready: bool,
 }

@@ -187,9 +187,11 @@ impl Instance {
         })
     }
 
-    /// An instance whose process an earlier daemon started, as its record describes it.
+    /// An instance whose process an earlier daemon started, as its record describes it:
+    /// ready when that daemon handed it over ready. The record's readiness is used
+    /// once, and cleared at once.
     pub fn adopted(shared: &Shared, record: &Record) -> Arc<Self> {
-        Arc::new(Instance {
+        let instance = Arc::new(Instance {
             id: record.id.clone(),
             ordinal: record.ordinal,
             key: record.key.clone(),
@@ -208,7 +210,12 @@ impl Instance {
                 finished: false,
             }),
             stop: watch::channel(record.stopping).0,
-        })
+        });
+        if record.ready {
+            let state = lock(&instance.state);
+            instance.save(shared, &state);
+        }
+        instance
     }
 
     /// What it looks like now.
@@ -257,7 +264,13 @@ impl Instance {
     }
 
     /// Writes its record, when it has a process to record.
+    /// Writes its record. The readiness in it is cleared: only a handover says an
+    /// instance is ready (see [`Record::ready`]).
     fn save(&self, shared: &Shared, state: &State) {
+        self.write_record(shared, state, false);
+    }
+
+    fn write_record(&self, shared: &Shared, state: &State, ready: bool) {
         let Some(pid) = state.pid else { return };
         if state.finished {
             return;
@@ -273,7 +286,7 @@ impl Instance {
             started_at_ms: state.started_at_ms,
             restarts: state.restarts,
             stopping: state.stopping,
-            ready: state.ready,
+            ready,
         };
         if let Err(error) = record::write(&shared.run_dir, &record) {
             tracing::warn!(instance = %self.id, %error, "cannot write instance record; a restarted daemon will not adopt it");
@@ -289,30 +302,31 @@ impl Instance {
         lock(&self.state).problem = Some(problem);
     }
 
-    /// A readiness check passed often enough; true when that made it ready (which its
-    /// record then says).
-    fn mark_ready(&self, shared: &Shared) -> bool {
+    /// A readiness check passed often enough; true when that made it ready.
+    fn mark_ready(&self) -> bool {
         let mut state = lock(&self.state);
         state.problem = None;
         let flipped = !state.ready && !state.stopping;
-        if flipped {
-            state.ready = true;
-            self.save(shared, &state);
-        }
+        state.ready |= flipped;
         flipped
     }
 
-    /// A readiness check failed; true when that made it unready (which its record then
-    /// says).
-    fn probe_failed(&self, shared: &Shared, why: String, enough_to_unready: bool) -> bool {
+    /// A readiness check failed; true when that made it unready.
+    fn probe_failed(&self, why: String, enough_to_unready: bool) -> bool {
         let mut state = lock(&self.state);
         state.problem = Some(why);
         let flipped = state.ready && enough_to_unready;
         if flipped {
             state.ready = false;
-            self.save(shared, &state);
         }
         flipped
+    }
+
+    /// Writes its record with the readiness its probes last saw, for the daemon about
+    /// to adopt it. Only once nothing supervises it any more.
+    pub fn record_for_handover(&self, shared: &Shared) {
+        let state = lock(&self.state);
+        self.write_record(shared, &state, state.ready);
     }
 
     /// Its process ended and it will be restarted.
@@ -599,7 +613,7 @@ async fn readiness(
             Ok(()) => {
                 failures = 0;
                 passes = passes.saturating_add(1);
-                if passes >= probe.success_threshold && instance.mark_ready(shared) {
+                if passes >= probe.success_threshold && instance.mark_ready() {
                     tracing::info!(instance = %instance.id, "ready");
                     shared.bump();
                 }
@@ -607,7 +621,7 @@ async fn readiness(
             Err(why) => {
                 passes = 0;
                 failures = failures.saturating_add(1);
-                if instance.probe_failed(shared, why, failures >= probe.failure_threshold) {
+                if instance.probe_failed(why, failures >= probe.failure_threshold) {
                     tracing::info!(instance = %instance.id, "not ready");
                     shared.bump();
                 }

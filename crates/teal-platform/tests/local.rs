@@ -654,12 +654,24 @@ async fn a_suspended_platform_leaves_its_instances_to_the_next_one() {
     assert!(!group_alive(pid));
 }
 
-/// An adopting daemon routes to the instances its predecessor found ready without
-/// waiting for their probes to pass again (which can take many periods), and the
-/// probes go on: one that fails takes the instance out, and that is what the next
+/// The readiness written in every instance record under `run_dir`.
+fn recorded_readiness(run_dir: &Path) -> Vec<bool> {
+    std::fs::read_dir(run_dir.join("instances"))
+        .unwrap()
+        .map(|entry| {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+            record["ready"].as_bool().unwrap_or(false)
+        })
+        .collect()
+}
+
+/// An adopting daemon routes to the instances its predecessor handed over ready
+/// without waiting for their probes to pass again (which can take many periods), and
+/// the probes go on: one that fails takes the instance out, and that is what the next
 /// daemon adopts.
 #[tokio::test]
-async fn an_adopted_instance_keeps_the_readiness_last_probed_until_a_probe_says_otherwise() {
+async fn an_instance_handed_over_ready_is_adopted_ready_until_a_probe_says_otherwise() {
     let run = tempfile::tempdir().unwrap();
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("ready"), "yes").unwrap();
@@ -675,7 +687,17 @@ async fn an_adopted_instance_keeps_the_readiness_last_probed_until_a_probe_says_
     });
     old.start(blue.clone(), spec(template, 1, 1)).await.unwrap();
     let pid = wait_ready(&old, &blue, 1).await.remove(0).pid;
+    assert_eq!(
+        recorded_readiness(run.path()),
+        vec![false],
+        "not while supervised"
+    );
     old.suspend().await;
+    assert_eq!(
+        recorded_readiness(run.path()),
+        vec![true],
+        "handed over ready"
+    );
 
     let new = LocalPlatform::open(run.path().to_path_buf()).unwrap();
     let _new_guard = KillOnDrop(new.clone(), "adopt-ready");
@@ -683,6 +705,9 @@ async fn an_adopted_instance_keeps_the_readiness_last_probed_until_a_probe_says_
     assert_eq!(adopted.len(), 1);
     assert_eq!(adopted[0].pid, pid);
     assert!(adopted[0].ready, "ready from the moment it is adopted");
+    // Only the handover vouched for it: a daemon that crashed now would leave nothing
+    // that says ready, and the next would probe before routing.
+    assert_eq!(recorded_readiness(run.path()), vec![false]);
 
     std::fs::remove_file(site.path().join("ready")).unwrap();
     wait_for("the failing probe to take it out", || {
