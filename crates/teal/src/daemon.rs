@@ -164,21 +164,7 @@ impl Daemon {
                 Some(inherited) => (inherited.sockets, Some(inherited.routes)),
                 None => (Handed::default(), None),
             };
-            let handed = sockets.active.is_some() || sockets.preview.is_some();
-            let listeners = match Listeners::take_over(&stored.spec, None, sockets).await {
-                Ok(listeners) => listeners,
-                Err(error) if handed => {
-                    return Err(error.context(format!(
-                        "rollout {name}: cannot serve the sockets the running daemon handed over"
-                    )));
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        "rollout {name}: {error:#}; the reconciler keeps trying to bind it"
-                    );
-                    listeners::Pending::nothing()
-                }
-            };
+            let listeners = Listeners::start(&name, &stored.spec, sockets).await?;
             let routes = routes.map(|(active, preview)| RouteTable {
                 active,
                 preview,

@@ -125,23 +125,14 @@ impl Listeners {
         (serves_tls(&self.active), serves_tls(&self.preview))
     }
 
-    /// Binds what `spec` needs that `current` does not already serve.
+    /// Binds what `spec` needs that `current` does not already serve; any failure
+    /// refuses the whole spec.
     pub async fn bind(spec: &RolloutSpec, current: Option<&Addresses>) -> anyhow::Result<Pending> {
-        Self::take_over(spec, current, Handed::default()).await
-    }
-
-    /// Like [`bind`](Self::bind), but serves a `handed` socket instead of binding when
-    /// it was configured for the address the spec asks for.
-    pub async fn take_over(
-        spec: &RolloutSpec,
-        current: Option<&Addresses>,
-        handed: Handed,
-    ) -> anyhow::Result<Pending> {
         let strategy = &spec.strategy;
         let active = plan(
             Some(strategy.active_listen),
             current.and_then(|c| c.active),
-            handed.active,
+            None,
             strategy.active_tls.as_ref(),
             "active",
         )
@@ -149,6 +140,33 @@ impl Listeners {
         let preview = plan(
             strategy.preview_listen,
             current.and_then(|c| c.preview),
+            None,
+            strategy.preview_tls.as_ref(),
+            "preview",
+        )
+        .await?;
+        Ok(Pending { active, preview })
+    }
+
+    /// What a stored rollout listens on when the daemon starts: the `handed` sockets
+    /// (a takeover) where they were configured for the address the spec asks for, new
+    /// ones elsewhere. A handed socket that cannot be served (its certificate files no
+    /// longer load) is an error, and the takeover must be refused: the daemon that
+    /// handed it serves it still. An address that cannot be bound is only warned
+    /// about; the reconciler keeps trying.
+    pub async fn start(name: &str, spec: &RolloutSpec, handed: Handed) -> anyhow::Result<Pending> {
+        let strategy = &spec.strategy;
+        let active = start_role(
+            name,
+            Some(strategy.active_listen),
+            handed.active,
+            strategy.active_tls.as_ref(),
+            "active",
+        )
+        .await?;
+        let preview = start_role(
+            name,
+            strategy.preview_listen,
             handed.preview,
             strategy.preview_tls.as_ref(),
             "preview",
@@ -180,6 +198,28 @@ impl Listeners {
             .flatten()
             .map(|served| served.task)
             .collect()
+    }
+}
+
+async fn start_role(
+    name: &str,
+    wanted: Option<SocketAddr>,
+    handed: Option<(SocketAddr, TcpListener)>,
+    tls: Option<&TlsFiles>,
+    role: &str,
+) -> anyhow::Result<Plan> {
+    let serves_handed = handed
+        .as_ref()
+        .is_some_and(|(configured, _)| Some(*configured) == wanted);
+    match plan(wanted, None, handed, tls, role).await {
+        Ok(plan) => Ok(plan),
+        Err(error) if serves_handed => Err(error.context(format!(
+            "rollout {name}: cannot serve the {role} socket the running daemon handed over"
+        ))),
+        Err(error) => {
+            tracing::warn!("rollout {name}: {error:#}; the reconciler keeps trying to bind it");
+            Ok(Plan::Keep)
+        }
     }
 }
 
@@ -263,16 +303,6 @@ fn apply(plan: Plan, slot: &mut Option<Served>, proxy: &Arc<Proxy>, role: Role) 
                 task,
                 _stop: stop,
             });
-        }
-    }
-}
-
-impl Pending {
-    /// Changes nothing (a stored rollout whose address could not be bound).
-    pub fn nothing() -> Pending {
-        Pending {
-            active: Plan::Keep,
-            preview: Plan::Keep,
         }
     }
 }

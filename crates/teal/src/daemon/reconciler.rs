@@ -364,7 +364,8 @@ async fn settle_stops(
                 "rollout {name}: {color} still had requests in flight after draining; stopping it anyway"
             );
         }
-        wait_for_predecessor(daemon, name, runtime).await;
+        // Not waited for here, inside the pass: the color is replaced on purpose, and
+        // its WebSockets are closed at once (the old daemon's too, by the stop).
         tracing::info!("rollout {name}: stopping {color} to replace it");
         daemon
             .platform

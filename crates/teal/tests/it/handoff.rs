@@ -583,3 +583,46 @@ fn a_stop_signal_ends_the_old_daemons_drain() {
     let answer = runtime().block_on(get_once(active, None));
     assert!(answer.body.contains("version v1"), "{answer:?}");
 }
+
+/// A preview address another program took while no daemon ran: the daemon that
+/// starts then only warns about it, and so does one that takes over from it (the
+/// active socket it was handed is served; only a handed socket must be).
+#[test]
+fn a_takeover_goes_through_when_an_address_nobody_was_handed_cannot_be_bound() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("squatted", "v1");
+    spec.replicas = 1;
+    let (active, preview) = (free_address(), free_address());
+    spec.active = active.to_string();
+    spec.preview = preview.to_string();
+    sandbox.apply_ok("squatted.yaml", &spec.yaml());
+    sandbox.wait_for("squatted", "v1 live", |r| r.phase == Phase::Healthy);
+
+    sandbox.kill_daemon();
+    let _squatter = std::net::TcpListener::bind(preview).unwrap();
+    sandbox.start_daemon();
+    sandbox.wait_for("squatted", "v1 live again", |r| r.phase == Phase::Healthy);
+    assert!(
+        rt.block_on(get_once(active, None))
+            .body
+            .contains("version v1")
+    );
+
+    let mut old = sandbox.start_successor();
+    let status = eventually(Duration::from_secs(60), "the old daemon exits", || {
+        old.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", sandbox.daemon_log());
+    let log = sandbox.daemon_log();
+    assert!(log.contains("took over"), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on {preview} for the preview route")),
+        "{log}"
+    );
+    assert!(
+        rt.block_on(get_once(active, None))
+            .body
+            .contains("version v1")
+    );
+}

@@ -117,7 +117,7 @@ fn a_takeover_whose_certificate_files_do_not_load_is_refused_and_https_goes_on()
     assert!(!status.success());
     let log = sandbox.daemon_log();
     assert!(
-        log.contains("rollout shop: cannot serve the sockets the running daemon handed over"),
+        log.contains("rollout shop: cannot serve the active socket the running daemon handed over"),
         "{log}"
     );
     assert!(log.contains("key.pem"), "{log}");
