@@ -759,7 +759,7 @@ impl Proxy {
         let start = state.next_instance.fetch_add(1, Ordering::Relaxed);
         let mut index = self.pick(target, start, None);
         let mut may_retry = is_idempotent(request.method()) && count > 1;
-        // An HTTP/2 instance may give a stream back unprocessed (see `unprocessed`); a
+        // An HTTP/2 instance may give a stream back unprocessed (see `processed`); a
         // request without a body can then be sent again, from this copy of its head.
         let mut replay =
             (protocol == UpstreamProtocol::H2c && upload.is_none()).then(|| Head::of(&request));
@@ -856,8 +856,15 @@ impl Proxy {
                     // An instance that turns a request away unprocessed (it is at its
                     // stream limit, or shutting down) is not failing: not held
                     // against it.
-                    let unprocessed = unprocessed(&err, protocol);
-                    if unprocessed && let Some(head) = replay.take() {
+                    let processed = processed(&err, protocol);
+                    let resend = match processed {
+                        Processed::Maybe => false,
+                        Processed::No => true,
+                        Processed::LikelyNot => replay
+                            .as_ref()
+                            .is_some_and(|head| is_idempotent(&head.method)),
+                    };
+                    if resend && let Some(head) = replay.take() {
                         // Nothing of it reached the application: once more, on a new
                         // connection, to another instance when there is one.
                         debug!(rollout = %self.rollout, color = %target.color, instance = %instance.addr, error = %error_chain(&err), "request not processed; sending it again");
@@ -865,7 +872,7 @@ impl Proxy {
                         request = head.into_request();
                         continue;
                     }
-                    if !unprocessed {
+                    if processed == Processed::Maybe {
                         self.instance_failed(instance, target, state, &options.health);
                     }
                     let error = error_chain(&err);
@@ -1156,30 +1163,48 @@ fn absolute(uri: &Uri, authority: Authority) -> Option<Uri> {
         .ok()
 }
 
-/// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
-/// idempotent too but carry intent the user may not want repeated by a proxy.
-/// Whether an HTTP/2 instance did not get the request to process (RFC 9113 §8.7): it
-/// refused the stream (`REFUSED_STREAM`), or the stream was above the last one its
-/// GOAWAY said it would process, or opened after that GOAWAY. h2 reports those as a
-/// GOAWAY error from the peer; a stream the instance had taken and then lost with the
-/// connection gets an I/O error instead. Or the connection ended while the request
-/// still waited in hyper for a stream (the instance's stream limit was reached):
-/// hyper's HTTP/2 client hands a request's answer over to a task of its own once it
-/// sent the stream, so only a request it never sent can find its dispatch task gone.
-fn unprocessed(err: &hyper::Error, protocol: UpstreamProtocol) -> bool {
+/// Whether a failed exchange with an instance reached its application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Processed {
+    /// It may have: the failure counts against the instance.
+    Maybe,
+    /// An HTTP/2 instance said it did not (RFC 9113 §8.7): a request without a body of
+    /// any method may be sent again.
+    No,
+    /// Almost surely not, though the instance did not say so: sent again only when
+    /// idempotent.
+    LikelyNot,
+}
+
+/// What a failed exchange says about whether the instance processed the request. An
+/// HTTP/2 instance says it did not when it refuses the stream (`REFUSED_STREAM`), or
+/// the stream was above the last one its GOAWAY said it would process, or opened
+/// after that GOAWAY; h2 reports those as a GOAWAY error from the peer (a stream the
+/// instance had taken and then lost with the connection gets an I/O error instead).
+/// When the connection ends while a request still waits in hyper for a stream (the
+/// instance's stream limit was reached), hyper says its "dispatch task is gone"; that
+/// request was almost surely never sent, but one sent an instant before the
+/// connection failed can meet the same error.
+fn processed(err: &hyper::Error, protocol: UpstreamProtocol) -> Processed {
     if protocol != UpstreamProtocol::H2c {
-        return false;
+        return Processed::Maybe;
     }
     // hyper names this error only by its message.
     if err.is_user() && err.to_string() == "dispatch task is gone" {
-        return true;
+        return Processed::LikelyNot;
     }
-    let Some(h2) = std::error::Error::source(err).and_then(|e| e.downcast_ref::<h2::Error>())
-    else {
-        return false;
-    };
-    h2.is_remote()
-        && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+    let refused = std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        });
+    if refused {
+        Processed::No
+    } else {
+        Processed::Maybe
+    }
 }
 
 /// The head of a request without a body, to send it again.
@@ -1210,6 +1235,8 @@ impl Head {
     }
 }
 
+/// Methods safe to send twice (RFC 9110 §9.2.2) that we retry. PUT and DELETE are
+/// idempotent too but carry intent the user may not want repeated by a proxy.
 fn is_idempotent(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
 }

@@ -688,6 +688,18 @@ impl Daemon {
     /// runs are stored and resume in whichever daemon reconciles next), then the
     /// platform's supervision.
     pub async fn quiesce(&self) -> Quiesced<'_> {
+        self.stop_writers(true).await
+    }
+
+    /// The takeover this daemon was making failed after it began serving (the old
+    /// daemon carries on): it stops every writer as [`quiesce`](Self::quiesce) does,
+    /// for good, and lets go of the instances without writing a record (the old
+    /// daemon supervises them again). Its listeners still need closing.
+    pub async fn give_back(&self, predecessor: u32) {
+        self.stop_writers(false).await.hand_over(predecessor);
+    }
+
+    async fn stop_writers(&self, record_readiness: bool) -> Quiesced<'_> {
         let passes = self.passes.write().await;
         let decisions = self.decisions.lock().await;
         let runtimes: Vec<_> = self
@@ -701,7 +713,11 @@ impl Daemon {
             let tasks = std::mem::take(&mut *runtime.analysis.lock().expect("analysis lock"));
             tasks.halt().await;
         }
-        self.platform.suspend().await;
+        if record_readiness {
+            self.platform.suspend().await;
+        } else {
+            self.platform.let_go().await;
+        }
         Quiesced {
             daemon: self,
             passes,

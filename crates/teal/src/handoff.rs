@@ -582,6 +582,9 @@ async fn hand_over(
             Ok(())
         }
         Err(error) => {
+            // First, so that a successor still waiting for `Going` gives up at once
+            // rather than supervise the instances beside this daemon.
+            drop(stream);
             quiesced.resume().await;
             Err(error)
         }

@@ -125,7 +125,18 @@ pub async fn run(
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api = tokio::spawn(serve_api(listener, app, api_stopped));
     if let Some(takeover) = takeover {
-        takeover.finish(daemon.clone()).await?;
+        let predecessor = takeover.predecessor();
+        if let Err(error) = takeover.finish(daemon.clone()).await {
+            // The old daemon carries on with the same sockets and instances: stop
+            // accepting, answer what was accepted, and leave every instance alone.
+            daemon.give_back(predecessor).await;
+            let _ = stop_api.send(());
+            for listener in daemon.close_listeners() {
+                let _ = listener.await;
+            }
+            let _ = tokio::time::timeout(API_DRAIN, &mut api).await;
+            return Err(error);
+        }
     }
     let handoffs = match Handoffs::listen(data_dir, daemon.clone(), api_socket) {
         Ok(handoffs) => Some(handoffs),
