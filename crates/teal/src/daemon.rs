@@ -769,23 +769,68 @@ impl Daemon {
         )
     }
 
-    /// Waits until every rollout's upgraded connections (WebSockets) have ended, each
-    /// within its `upgradedDrainTimeout`, after which they are closed cleanly: for a
-    /// daemon that handed over, whose tunnels end with it.
-    pub async fn drain_upgraded(&self) {
-        let proxies: Vec<Arc<Proxy>> = self
+    /// For a daemon that handed over: every rollout drains on its own, as after a
+    /// switch. Its listeners stop accepting and answer their requests within the
+    /// rollout's `drainTimeoutSeconds`; then its WebSockets, which die with this
+    /// process, run until they end or `upgradedDrainTimeout` passes, and are closed
+    /// cleanly. Once `close_now` says so (a stop signal) WebSockets are closed at once;
+    /// requests still get their time. Last, while a daemon this one took over from
+    /// still drains, this one waits for it (within the same bounds), so that the
+    /// daemon that took over from this one, which waits for this one to exit before
+    /// it stops a color, waits for both.
+    pub async fn drain_after_handover(&self, close_now: watch::Receiver<bool>) {
+        let runtimes: Vec<Arc<Runtime>> = self
             .runtimes
             .lock()
             .expect("runtimes lock")
             .values()
-            .map(|runtime| runtime.proxy.clone())
+            .cloned()
             .collect();
-        let drains = proxies.iter().flat_map(|proxy| {
-            Color::ALL
-                .into_iter()
-                .map(move |color| proxy.drain_upgraded(color))
+        let mut longest = Duration::ZERO;
+        let drains = runtimes.iter().map(|runtime| {
+            let options = runtime.proxy.options();
+            longest = longest.max(options.shutdown_grace + options.upgraded_drain_timeout);
+            let listeners = runtime.listeners.lock().expect("listeners lock").close();
+            let (mut signal, later) = (close_now.clone(), close_now.clone());
+            async move {
+                let proxy = &runtime.proxy;
+                let close_websockets = || {
+                    for color in Color::ALL {
+                        proxy.close_upgraded(color);
+                    }
+                };
+                // Closes the WebSockets open when the signal comes, whatever the
+                // drain is waiting for then.
+                let closer = async {
+                    let _ = signal.wait_for(|close| *close).await.map(drop);
+                    close_websockets();
+                    std::future::pending::<()>().await;
+                };
+                let drain = async {
+                    for listener in listeners {
+                        let _ = listener.await;
+                    }
+                    // A WebSocket upgraded by a request answered after the signal.
+                    if *later.borrow() {
+                        close_websockets();
+                    }
+                    futures_util::future::join_all(
+                        Color::ALL.map(|color| proxy.drain_upgraded(color)),
+                    )
+                    .await;
+                };
+                tokio::select! {
+                    () = drain => {}
+                    () = closer => {}
+                }
+            }
         });
         futures_util::future::join_all(drains).await;
+        let mut close_now = close_now;
+        tokio::select! {
+            _ = self.wait_for_predecessor(longest + Duration::from_secs(10)) => {}
+            _ = async { close_now.wait_for(|close| *close).await.map(drop) } => {}
+        }
     }
 
     /// The pid of the daemon this one handed over to, once it has.

@@ -22,7 +22,8 @@
 //!    [`teal_proxy::IDLE_LINGER`], keeps its WebSockets until they end or the rollout's
 //!    `upgradedDrainTimeout` passes, and exits without stopping an instance. Clients
 //!    reconnect, to the new daemon, without ever meeting a connection cut under a
-//!    request. The new daemon stops no color until the old one has exited.
+//!    request. The new daemon stops no color until the old one has exited (or the
+//!    drain timeouts have passed).
 //!
 //! If anything fails before `Ready`, the old daemon carries on as it was and the new
 //! one exits with the reason; so does a new daemon whose `Ready` is not answered with

@@ -179,26 +179,23 @@ pub async fn run(
         println!(
             "teal: handed over to pid {successor}; answering the requests in flight (the instances keep running)"
         );
-        // Each listener answers its requests within its rollout's drainTimeoutSeconds;
-        // then the WebSockets, which die with this process, get their
-        // upgradedDrainTimeout and are closed cleanly. A stop signal meanwhile (the
-        // operator does not want to wait) ends the drain there.
-        let listeners = daemon.close_listeners();
-        let drain = async {
-            for listener in listeners {
-                let _ = listener.await;
-            }
-            daemon.drain_upgraded().await;
-        };
-        if signalled {
-            drain.await;
-        } else {
+        // A stop signal (now, or one that came during the takeover) closes the
+        // WebSockets at once: the operator does not want to wait minutes for them.
+        // Requests in flight still get their time.
+        let close_now = tokio::sync::watch::channel(signalled).0;
+        let drain = daemon.drain_after_handover(close_now.subscribe());
+        tokio::pin!(drain);
+        if !signalled {
             tokio::select! {
-                () = drain => {}
+                () = &mut drain => {}
                 () = &mut shutdown => {
-                    println!("teal: stopped while draining; closing what is still open");
+                    println!("teal: stopped while draining; closing the WebSockets, answering the requests in flight");
+                    close_now.send_replace(true);
+                    drain.await;
                 }
             }
+        } else {
+            drain.await;
         }
         if api_failed.is_none() && tokio::time::timeout(API_DRAIN, &mut api).await.is_err() {
             tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");

@@ -542,11 +542,13 @@ fn a_successor_the_running_daemon_does_not_confirm_exits() {
     );
 }
 
-/// An old daemon that drains a WebSocket for minutes after a takeover stops at once
-/// when told to: the operator need not wait out `upgradedDrainTimeout`.
+/// An old daemon that drains a WebSocket for minutes after a takeover closes it at
+/// once when told to stop, and still answers the request it is serving: the operator
+/// need not wait out `upgradedDrainTimeout`, and no request is cut.
 #[test]
-fn a_stop_signal_ends_the_old_daemons_drain() {
+fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
     let mut sandbox = Sandbox::start();
+    let rt = runtime();
     let mut spec = DemoSpec::new("patient", "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
@@ -555,32 +557,44 @@ fn a_stop_signal_ends_the_old_daemons_drain() {
     let active: SocketAddr = live.active_listen.parse().unwrap();
     let (mut tunnel, _) = crate::drain::Tunnel::open(active);
     tunnel.echo("before");
+    let slow = rt.spawn(async move {
+        Connection::open(active)
+            .await
+            .map_err(|e| e.to_string())?
+            .get("/slow?ms=3000", None)
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(200));
 
     let mut old = sandbox.start_successor();
     eventually(Duration::from_secs(30), "the new daemon serves", || {
         sandbox.daemon_log().contains("took over").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
     tunnel.echo("the old daemon carries it on");
-    assert!(old.try_wait().unwrap().is_none(), "it drains the WebSocket");
+    assert!(old.try_wait().unwrap().is_none(), "it drains");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(old.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    let closed_at = std::time::Instant::now();
+    assert!(tunnel.closed(), "the WebSocket is closed cleanly");
+    assert!(closed_at.elapsed() < Duration::from_secs(2));
+    let answer = rt
+        .block_on(slow)
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status, 200, "{answer:?}");
     let status = eventually(Duration::from_secs(10), "the old daemon exits", || {
         old.try_wait().unwrap()
     });
     assert!(status.success(), "{}", sandbox.daemon_log());
-    assert!(tunnel.closed());
-    assert!(
-        sandbox
-            .daemon_log()
-            .contains("stopped while draining; closing what is still open")
-    );
+    assert!(sandbox.daemon_log().contains(
+        "stopped while draining; closing the WebSockets, answering the requests in flight"
+    ));
     // The instances belong to the new daemon: it still serves.
-    let answer = runtime().block_on(get_once(active, None));
+    let answer = rt.block_on(get_once(active, None));
     assert!(answer.body.contains("version v1"), "{answer:?}");
 }
 
