@@ -1,6 +1,6 @@
 //! [`LocalPlatform`]: groups of local processes, one group per rollout color.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -74,7 +74,7 @@ impl LocalPlatform {
                 suspended: None,
             }),
         });
-        platform.adopt(records);
+        platform.adopt(records, |record| record.ready);
         tokio::spawn(rotate_logs(Arc::downgrade(&platform.shared)));
         Ok(platform)
     }
@@ -317,10 +317,21 @@ impl LocalPlatform {
                 path: record::dir(&self.shared.run_dir),
                 source,
             })?;
-        if lock(&self.state).suspended.take().is_none() {
+        let Some(frozen) = lock(&self.state).suspended.take() else {
             return Ok(());
-        }
-        self.adopt(records);
+        };
+        // The records may have been rewritten by the daemon that failed to take over
+        // (adopting clears their readiness); what this platform saw when it let go
+        // vouches as well.
+        let ready: BTreeSet<(String, u32)> = frozen
+            .iter()
+            .flat_map(|(_, group)| &group.instances)
+            .filter(|instance| instance.ready)
+            .filter_map(|instance| Some((instance.id.clone(), instance.pid?)))
+            .collect();
+        self.adopt(records, |record| {
+            record.ready || ready.contains(&(record.id.clone(), record.pid))
+        });
         self.shared.bump();
         Ok(())
     }
@@ -371,7 +382,13 @@ impl LocalPlatform {
     }
 
     /// Takes over the instances an earlier daemon recorded.
-    fn adopt(&self, records: Vec<(PathBuf, Result<Record, String>)>) {
+    /// `ready`: whether an instance may be routed to before its probes pass (it was
+    /// handed over ready).
+    fn adopt(
+        &self,
+        records: Vec<(PathBuf, Result<Record, String>)>,
+        ready: impl Fn(&Record) -> bool,
+    ) {
         let mut by_group: BTreeMap<GroupKey, Vec<Record>> = BTreeMap::new();
         let mut state = lock(&self.state);
         let state = &mut *state;
@@ -393,7 +410,7 @@ impl LocalPlatform {
             self.shared.claim_port(record.port);
             if record.stopping {
                 // It was being stopped when the daemon died: finish that.
-                let instance = Instance::adopted(&self.shared, &record);
+                let instance = Instance::adopted(&self.shared, &record, ready(&record));
                 let adopt = Some((record.pid, record.start_time));
                 state.stopping.push(tokio::spawn(supervise(
                     self.shared.clone(),
@@ -420,7 +437,7 @@ impl LocalPlatform {
             };
             let mut strays = Vec::new();
             for record in records {
-                let instance = Instance::adopted(&self.shared, &record);
+                let instance = Instance::adopted(&self.shared, &record, ready(&record));
                 let adopt = Some((record.pid, record.start_time));
                 let task = tokio::spawn(supervise(self.shared.clone(), instance.clone(), adopt));
                 let member = Member { instance, task };

@@ -187,10 +187,10 @@ impl Instance {
         })
     }
 
-    /// An instance whose process an earlier daemon started, as its record describes it:
-    /// ready when that daemon handed it over ready. The record's readiness is used
-    /// once, and cleared at once.
-    pub fn adopted(shared: &Shared, record: &Record) -> Arc<Self> {
+    /// An instance whose process an earlier daemon started, as its record describes it;
+    /// `ready` when it was handed over ready. The readiness in its record is used once,
+    /// and cleared at once.
+    pub fn adopted(shared: &Shared, record: &Record, ready: bool) -> Arc<Self> {
         let instance = Arc::new(Instance {
             id: record.id.clone(),
             ordinal: record.ordinal,
@@ -201,7 +201,7 @@ impl Instance {
                 port: record.port,
                 pid: Some(record.pid),
                 start_time: record.start_time,
-                ready: record.ready && !record.stopping,
+                ready: ready && !record.stopping,
                 started_at_ms: record.started_at_ms,
                 restarts: record.restarts,
                 problem: None,

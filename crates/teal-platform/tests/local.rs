@@ -709,6 +709,18 @@ async fn an_instance_handed_over_ready_is_adopted_ready_until_a_probe_says_other
     // that says ready, and the next would probe before routing.
     assert_eq!(recorded_readiness(run.path()), vec![false]);
 
+    // The takeover fails after all: the new platform lets go without writing a
+    // record, and the old one takes the instance back, still ready although the
+    // record no longer says so.
+    new.let_go().await;
+    old.resume().unwrap();
+    assert!(instances(&old, &blue)[0].ready, "taken back ready");
+    // A second takeover goes through.
+    old.suspend().await;
+    let new = LocalPlatform::open(run.path().to_path_buf()).unwrap();
+    let _new_guard = KillOnDrop(new.clone(), "adopt-ready");
+    assert!(instances(&new, &blue)[0].ready);
+
     std::fs::remove_file(site.path().join("ready")).unwrap();
     wait_for("the failing probe to take it out", || {
         (!instances(&new, &blue)[0].ready).then_some(())

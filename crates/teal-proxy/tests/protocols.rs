@@ -444,7 +444,8 @@ async fn an_h2c_request_queued_behind_the_stream_limit_of_a_closing_connection_i
     // proxy, unsent; then the instance answers the first and goes away.
     let (mut one, mut other) = (client.another_stream(), client.another_stream());
     let first = tokio::spawn(async move { one.get("/", &[]).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The instance holds it (its second request, on the proxy's first connection).
+    backend.wait_requests(2).await;
     let second = tokio::spawn(async move { other.get("/", &[]).await });
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_eq!(
@@ -467,7 +468,8 @@ async fn an_h2c_request_queued_behind_the_stream_limit_of_a_closing_connection_i
     // before the connection failed, so it is not sent twice, but not blamed either.
     let (mut one, mut other) = (client.another_stream(), client.another_stream());
     let first = tokio::spawn(async move { one.get("/", &[]).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Held in turn (the second request on the proxy's second connection).
+    backend.wait_requests(4).await;
     let second = tokio::spawn(async move {
         other
             .send(hyper::Method::POST, "/", &[], Bytes::new())
@@ -1357,11 +1359,12 @@ mod clients {
     /// the others with its name.
     /// An h2c backend that allows one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS
     /// 1). On each connection it answers the first request at once; it holds the
-    /// second, shuts the connection down (GOAWAY) 100 ms later, and answers it 300 ms
+    /// second, shuts the connection down (GOAWAY) 300 ms later, and answers it 300 ms
     /// after that.
     pub struct OneStreamH2cBackend {
         pub addr: SocketAddr,
         connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
     }
 
     impl OneStreamH2cBackend {
@@ -1370,11 +1373,14 @@ mod clients {
             let backend = OneStreamH2cBackend {
                 addr: listener.local_addr().unwrap(),
                 connections: Arc::default(),
+                requests: Arc::default(),
             };
             let connections = Arc::clone(&backend.connections);
+            let received = Arc::clone(&backend.requests);
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     connections.fetch_add(1, Ordering::SeqCst);
+                    let received = Arc::clone(&received);
                     tokio::spawn(async move {
                         let Ok(mut connection) = h2::server::Builder::new()
                             .max_concurrent_streams(1)
@@ -1400,13 +1406,14 @@ mod clients {
                                 }
                             };
                             requests += 1;
+                            received.fetch_add(1, Ordering::SeqCst);
                             let hold = requests > 1;
                             let shut_down = Arc::clone(&shut_down);
                             tokio::spawn(async move {
                                 if hold {
                                     // Time for the proxy to queue the next request
                                     // behind this one.
-                                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                                     shut_down.notify_one();
                                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                                 }
@@ -1426,6 +1433,18 @@ mod clients {
         /// Connections it accepted.
         pub fn connections(&self) -> usize {
             self.connections.load(Ordering::SeqCst)
+        }
+
+        /// Requests it received, on every connection.
+        pub fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+
+        /// Waits until it has received `count` requests in all.
+        pub async fn wait_requests(&self, count: usize) {
+            while self.requests() < count {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
     }
 

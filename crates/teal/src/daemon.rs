@@ -696,6 +696,9 @@ impl Daemon {
     /// for good, and lets go of the instances without writing a record (the old
     /// daemon supervises them again). Its listeners still need closing.
     pub async fn give_back(&self, predecessor: u32) {
+        // First, before waiting for a pass under way: the old daemon supervises the
+        // instances again already.
+        self.platform.let_go().await;
         self.stop_writers(false).await.hand_over(predecessor);
     }
 
@@ -892,10 +895,10 @@ impl Daemon {
 const RESUME_WARM: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Quiesced<'_> {
-    /// The takeover failed: supervise, reconcile and decide again. The reconcilers
-    /// wait until the instances the proxies route to are ready again (adopted anew,
-    /// they keep the readiness last probed, so this waits only for one whose probe
-    /// failed meanwhile; at most [`RESUME_WARM`]), so no route loses them.
+    /// The takeover failed: supervise, reconcile and decide again. The instances are
+    /// adopted anew as ready as they were when this daemon let go of them; the
+    /// reconcilers still wait until the ones the proxies route to are ready (at most
+    /// [`RESUME_WARM`]), so no route loses one that is only being probed again.
     pub async fn resume(self) {
         let daemon = self.daemon;
         if let Err(error) = daemon.platform.resume() {

@@ -249,6 +249,22 @@ impl Sandbox {
             .collect()
     }
 
+    /// The log of the daemon started last.
+    pub fn newest_daemon_log(&self) -> String {
+        let newest = std::fs::read_dir(self.data_dir())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("daemon-")
+            })
+            .max()
+            .expect("a daemon log");
+        std::fs::read_to_string(newest).unwrap()
+    }
+
     /// Every instance process recorded by the platform (to clean up after a kill -9).
     fn recorded_pids(&self) -> Vec<i32> {
         let Ok(entries) = std::fs::read_dir(self.data_dir().join("run/instances")) else {
