@@ -36,6 +36,33 @@ pub(crate) fn is_running(pid: u32, start_time: u64) -> bool {
     matches!(stat(pid), Some(s) if s.start_time == start_time && !matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
+/// Whether some process of the process group `pgid` has not exited (a zombie has).
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let is_pid = name
+            .to_str()
+            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
+        is_pid
+            && std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|text| parse_group(&text))
+                .is_some_and(|(state, group)| group == pgid && !matches!(state, 'Z' | 'X' | 'x'))
+    })
+}
+
+/// Field 3 (state) and field 5 (process group) of `/proc/<pid>/stat`.
+fn parse_group(text: &str) -> Option<(char, u32)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +77,15 @@ mod tests {
                 start_time: 987654
             })
         );
+    }
+
+    #[test]
+    fn reads_the_process_group() {
+        let line =
+            "4243 (sleep) S 4242 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_group(line), Some(('S', 4242)));
+        let line = "4244 (sh) Z 1 4200 4200 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_group(line), Some(('Z', 4200)));
     }
 
     #[test]

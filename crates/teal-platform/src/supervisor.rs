@@ -499,6 +499,19 @@ async fn terminate(instance: &Instance, mut running: Running) {
     {
         tracing::warn!(instance = %instance.id, pid = running.pid(), "did not exit after SIGKILL");
     }
+    // SIGKILL is acted on when each process next runs: the rest of the group (a
+    // shell's children, say) may still hold the port for a moment. The stop is over
+    // when they are gone too.
+    let pgid = running.pid();
+    let gone = tokio::time::timeout(KILL_WAIT, async {
+        while procfs::group_alive(pgid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if gone.is_err() {
+        tracing::warn!(instance = %instance.id, pgid, "processes of its group still run after SIGKILL");
+    }
 }
 
 /// Starts the instance's process, its output going straight to its log file.
