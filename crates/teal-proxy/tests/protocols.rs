@@ -3,6 +3,7 @@
 //! rotated on disk; and what the proxy speaks to instances: HTTP/1.1, as most apps
 //! do, or h2c (`upstreamProtocol`), as gRPC servers do.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -376,18 +377,28 @@ async fn requests_right_behind_an_h2c_connection_closing_all_succeed() {
     assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 5);
 }
 
-#[tokio::test]
-async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
-    let backend = RefusingH2cBackend::start("blue-1").await;
-    let proxy = proxy_to(backend.addr);
+/// Serves (plain, HTTP/1.1 and h2c) a proxy to `backend` that speaks `protocol` to
+/// it and takes an instance out of rotation at its first failure, so that a failure
+/// held against the instance shows in `ejected`.
+async fn start_unforgiving(
+    backend: SocketAddr,
+    protocol: UpstreamProtocol,
+) -> (Arc<teal_proxy::Proxy>, SocketAddr) {
+    let proxy = proxy_to(backend);
     let mut options = ProxyOptions {
-        upstream_protocol: UpstreamProtocol::H2c,
+        upstream_protocol: protocol,
         ..ProxyOptions::default()
     };
-    // One failure would take the instance out of rotation.
     options.health.consecutive_failures = 1;
     proxy.set_options(options);
     let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    (proxy, addr)
+}
+
+#[tokio::test]
+async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
+    let backend = RefusingH2cBackend::start("blue-1").await;
+    let (proxy, addr) = start_unforgiving(backend.addr, UpstreamProtocol::H2c).await;
     let mut client = Client::h2c(addr).await;
 
     // Refused once (REFUSED_STREAM: the instance says it did not process it), as a
@@ -427,14 +438,7 @@ async fn an_h2c_request_the_instance_did_not_process_is_sent_again() {
 #[tokio::test]
 async fn an_h2c_request_queued_behind_the_stream_limit_of_a_closing_connection_is_sent_again() {
     let backend = OneStreamH2cBackend::start("blue-1").await;
-    let proxy = proxy_to(backend.addr);
-    let mut options = ProxyOptions {
-        upstream_protocol: UpstreamProtocol::H2c,
-        ..ProxyOptions::default()
-    };
-    options.health.consecutive_failures = 1;
-    proxy.set_options(options);
-    let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+    let (proxy, addr) = start_unforgiving(backend.addr, UpstreamProtocol::H2c).await;
     // One client connection: its requests share the proxy's connection to the instance.
     let mut client = Client::h2c(addr).await;
     // The proxy's connection is open and knows the limit of one stream.
@@ -490,15 +494,7 @@ async fn a_client_body_that_breaks_off_is_a_400_and_not_held_against_the_instanc
             UpstreamProtocol::Http1 => backend("blue-1").await,
             UpstreamProtocol::H2c => h2c_backend("blue-1").await.0,
         };
-        let proxy = proxy_to(blue);
-        let mut options = ProxyOptions {
-            upstream_protocol: protocol,
-            ..ProxyOptions::default()
-        };
-        // One failure would take the instance out of rotation.
-        options.health.consecutive_failures = 1;
-        proxy.set_options(options);
-        let addr = start_tls(&proxy, Role::Active, TlsSetting::default()).await;
+        let (proxy, addr) = start_unforgiving(blue, protocol).await;
 
         // The instance waits for the whole body; the client sends a chunk, then
         // something that is no chunk size.
