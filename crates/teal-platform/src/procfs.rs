@@ -9,8 +9,17 @@
 pub(crate) struct ProcStat {
     /// Field 3: `R`, `S`, `Z` (exited, not yet reaped), ...
     pub state: char,
+    /// Field 5: its process group.
+    pub group: u32,
     /// Field 22: when the process started, in clock ticks since boot.
     pub start_time: u64,
+}
+
+impl ProcStat {
+    /// It has exited (a zombie has: only its parent has not collected it yet).
+    fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
 }
 
 /// Reads `/proc/<pid>/stat`; None when there is no such process.
@@ -26,41 +35,34 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is field 3, so field N is fields[N - 3].
     let state = fields.first()?.chars().next()?;
+    let group = fields.get(5 - 3)?.parse().ok()?;
     let start_time = fields.get(22 - 3)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    Some(ProcStat {
+        state,
+        group,
+        start_time,
+    })
 }
 
 /// The process `pid` exists, is the one that started at `start_time`, and has not
 /// exited (a zombie has exited; only its parent has not collected it yet).
 pub(crate) fn is_running(pid: u32, start_time: u64) -> bool {
-    matches!(stat(pid), Some(s) if s.start_time == start_time && !matches!(s.state, 'Z' | 'X' | 'x'))
+    matches!(stat(pid), Some(s) if s.start_time == start_time && !s.exited())
 }
 
-/// Whether some process of the process group `pgid` has not exited (a zombie has).
+/// Whether some process of the process group `pgid` has not exited.
 pub(crate) fn group_alive(pgid: u32) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let is_pid = name
+        let pid = entry
+            .file_name()
             .to_str()
-            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
-        is_pid
-            && std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|text| parse_group(&text))
-                .is_some_and(|(state, group)| group == pgid && !matches!(state, 'Z' | 'X' | 'x'))
+            .and_then(|name| name.parse().ok());
+        pid.and_then(stat)
+            .is_some_and(|stat| stat.group == pgid && !stat.exited())
     })
-}
-
-/// Field 3 (state) and field 5 (process group) of `/proc/<pid>/stat`.
-fn parse_group(text: &str) -> Option<(char, u32)> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
 }
 
 #[cfg(test)]
@@ -74,6 +76,7 @@ mod tests {
             parse_stat(line),
             Some(ProcStat {
                 state: 'S',
+                group: 4242,
                 start_time: 987654
             })
         );
@@ -82,10 +85,12 @@ mod tests {
     #[test]
     fn reads_the_process_group() {
         let line =
-            "4243 (sleep) S 4242 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_group(line), Some(('S', 4242)));
+            "4243 (sleep) S 4242 4200 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!((stat.group, stat.exited()), (4200, false));
         let line = "4244 (sh) Z 1 4200 4200 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_group(line), Some(('Z', 4200)));
+        let stat = parse_stat(line).unwrap();
+        assert_eq!((stat.group, stat.exited()), (4200, true));
     }
 
     #[test]
