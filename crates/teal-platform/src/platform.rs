@@ -255,11 +255,13 @@ impl LocalPlatform {
 
     /// Stops supervising without touching a single process, so that another daemon
     /// can adopt them all (a takeover by a new `teal server`): every instance task
-    /// ends, the records stay as they are (a stop in progress stays recorded as one,
+    /// ends, the records stay as they are but for the readiness each instance is
+    /// handed over with (see `Record::ready`; a stop in progress stays recorded as one,
     /// for the successor to finish), and until [`resume`](Self::resume) nothing starts,
     /// scales, relabels or stops, `shutdown_all` leaves the instances alone, and
     /// `observe` answers with the groups as they were. Returns once no task of this
-    /// platform can touch a process or a record any more.
+    /// platform can touch a process or a record any more. Does nothing on a platform
+    /// already suspended or let go of.
     pub async fn suspend(&self) {
         self.suspend_and(true).await;
     }

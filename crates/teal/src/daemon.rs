@@ -233,6 +233,15 @@ impl Daemon {
         self.changes.subscribe()
     }
 
+    fn all_runtimes(&self) -> Vec<Arc<Runtime>> {
+        self.runtimes
+            .lock()
+            .expect("runtimes lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn runtime(&self, name: &str) -> Option<Arc<Runtime>> {
         self.runtimes
             .lock()
@@ -688,7 +697,18 @@ impl Daemon {
     /// runs are stored and resume in whichever daemon reconciles next), then the
     /// platform's supervision.
     pub async fn quiesce(&self) -> Quiesced<'_> {
-        self.stop_writers(true).await
+        let passes = self.passes.write().await;
+        let decisions = self.decisions.lock().await;
+        for runtime in self.all_runtimes() {
+            let tasks = std::mem::take(&mut *runtime.analysis.lock().expect("analysis lock"));
+            tasks.halt().await;
+        }
+        self.platform.suspend().await;
+        Quiesced {
+            daemon: self,
+            passes,
+            decisions,
+        }
     }
 
     /// The takeover this daemon was making failed after it began serving (the old
@@ -697,35 +717,10 @@ impl Daemon {
     /// daemon supervises them again). Its listeners still need closing.
     pub async fn give_back(&self, predecessor: u32) {
         // First, before waiting for a pass under way: the old daemon supervises the
-        // instances again already.
+        // instances again already. The platform is let go of once, so the suspend
+        // in `quiesce` then writes no record.
         self.platform.let_go().await;
-        self.stop_writers(false).await.hand_over(predecessor);
-    }
-
-    async fn stop_writers(&self, record_readiness: bool) -> Quiesced<'_> {
-        let passes = self.passes.write().await;
-        let decisions = self.decisions.lock().await;
-        let runtimes: Vec<_> = self
-            .runtimes
-            .lock()
-            .expect("runtimes lock")
-            .values()
-            .cloned()
-            .collect();
-        for runtime in runtimes {
-            let tasks = std::mem::take(&mut *runtime.analysis.lock().expect("analysis lock"));
-            tasks.halt().await;
-        }
-        if record_readiness {
-            self.platform.suspend().await;
-        } else {
-            self.platform.let_go().await;
-        }
-        Quiesced {
-            daemon: self,
-            passes,
-            decisions,
-        }
+        self.quiesce().await.hand_over(predecessor);
     }
 
     /// Duplicates of every rollout's listening sockets, and its routes, for a takeover.
@@ -782,17 +777,10 @@ impl Daemon {
     /// daemon that took over from this one, which waits for this one to exit before
     /// it stops a color, waits for both.
     pub async fn drain_after_handover(&self, close_now: watch::Receiver<bool>) {
-        let runtimes: Vec<Arc<Runtime>> = self
-            .runtimes
-            .lock()
-            .expect("runtimes lock")
-            .values()
-            .cloned()
-            .collect();
+        let runtimes = self.all_runtimes();
         let mut longest = Duration::ZERO;
         let drains = runtimes.iter().map(|runtime| {
-            let options = runtime.proxy.options();
-            longest = longest.max(options.shutdown_grace + options.upgraded_drain_timeout);
+            longest = longest.max(predecessor_bound(&runtime.proxy.options()));
             let listeners = runtime.listeners.lock().expect("listeners lock").close();
             let (mut signal, later) = (close_now.clone(), close_now.clone());
             async move {
@@ -831,7 +819,7 @@ impl Daemon {
         futures_util::future::join_all(drains).await;
         let mut close_now = close_now;
         tokio::select! {
-            _ = self.wait_for_predecessor(longest + Duration::from_secs(10)) => {}
+            _ = self.wait_for_predecessor(longest) => {}
             _ = async { close_now.wait_for(|close| *close).await.map(drop) } => {}
         }
     }
@@ -889,6 +877,13 @@ impl Daemon {
             })
             .collect()
     }
+}
+
+/// How long a daemon waits for the one it took over from, before it stops a color of a
+/// rollout with these options: that one drains the rollout within the same timeouts
+/// (its requests, then its WebSockets), plus a margin for its exit.
+pub(crate) fn predecessor_bound(options: &teal_proxy::ProxyOptions) -> Duration {
+    options.shutdown_grace + options.upgraded_drain_timeout + Duration::from_secs(10)
 }
 
 /// How long a daemon whose takeover failed waits for its instances to be ready again.

@@ -10,15 +10,15 @@
 //!    rollout's listening sockets (passed as `SCM_RIGHTS` ancillary data) with the
 //!    addresses they were configured for and where its routes point. It keeps
 //!    accepting on them all along.
-//! 3. The new daemon adopts the instances (each keeps the readiness it was last
-//!    probed with), checks that the ones the old daemon routed to are ready, starts its
-//!    reconcilers with the old routes, serves the sockets and answers `Ready`.
-//! 4. The old daemon answers `Going` and stops accepting. A listening socket has one queue of pending
-//!    connections, shared by every process that holds it, so from then on the new
-//!    daemon accepts them all and none was ever refused. The old one answers the
-//!    requests in flight and finishes the TLS handshakes under way; on each keep-alive
-//!    connection it answers the next request with `Connection: close` (an HTTP/2
-//!    client gets a GOAWAY), closes the ones that stay idle for
+//! 3. The new daemon adopts the instances (ready when they were handed over ready),
+//!    checks that the ones the old daemon routed to are ready, starts its reconcilers
+//!    with the old routes, serves the sockets and answers `Ready`.
+//! 4. The old daemon answers `Going` and stops accepting. A listening socket has one
+//!    queue of pending connections, shared by every process that holds it, so from
+//!    then on the new daemon accepts them all and none was ever refused. The old one
+//!    answers the requests in flight and finishes the TLS handshakes under way; on
+//!    each keep-alive connection it answers the next request with `Connection: close`
+//!    (an HTTP/2 client gets a GOAWAY), closes the ones that stay idle for
 //!    [`teal_proxy::IDLE_LINGER`], keeps its WebSockets until they end or the rollout's
 //!    `upgradedDrainTimeout` passes, and exits without stopping an instance. Clients
 //!    reconnect, to the new daemon, without ever meeting a connection cut under a
@@ -27,7 +27,8 @@
 //!
 //! If anything fails before `Ready`, the old daemon carries on as it was and the new
 //! one exits with the reason; so does a new daemon whose `Ready` is not answered with
-//! `Going` (the old one gave up waiting for it). Only a process of the same user may connect.
+//! `Going` (the old one gave up waiting for it). Only a process of the same user may
+//! connect.
 //!
 //! Receiving descriptors as owned values without `unsafe` (which the workspace
 //! forbids) is what `rustix`'s `recvmsg` offers; nix hands out raw descriptors.

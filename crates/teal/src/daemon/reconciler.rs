@@ -378,11 +378,9 @@ async fn settle_stops(
 }
 
 /// Before a color is stopped: the daemon this one took over from may still be
-/// answering requests on it, or carrying its WebSockets, within the same drain
-/// timeouts this daemon's own drain honoured (plus a margin for its exit).
+/// answering requests on it, or carrying its WebSockets.
 async fn wait_for_predecessor(daemon: &Daemon, name: &str, runtime: &Runtime) {
-    let options = runtime.proxy.options();
-    let bound = options.shutdown_grace + options.upgraded_drain_timeout + Duration::from_secs(10);
+    let bound = super::predecessor_bound(&runtime.proxy.options());
     if !daemon.wait_for_predecessor(bound).await {
         tracing::warn!(
             "rollout {name}: the daemon this one took over from still runs after {bound:?}; stopping anyway"

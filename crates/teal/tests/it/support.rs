@@ -233,6 +233,20 @@ impl Sandbox {
     }
 
     pub fn daemon_log(&self) -> String {
+        self.daemon_logs()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// The log of the daemon started last.
+    pub fn newest_daemon_log(&self) -> String {
+        let newest = self.daemon_logs().pop().expect("a daemon log");
+        std::fs::read_to_string(newest).unwrap()
+    }
+
+    /// Every daemon's log file, oldest first.
+    fn daemon_logs(&self) -> Vec<PathBuf> {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(self.data_dir())
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -244,25 +258,7 @@ impl Sandbox {
             })
             .collect();
         logs.sort();
-        logs.iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect()
-    }
-
-    /// The log of the daemon started last.
-    pub fn newest_daemon_log(&self) -> String {
-        let newest = std::fs::read_dir(self.data_dir())
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("daemon-")
-            })
-            .max()
-            .expect("a daemon log");
-        std::fs::read_to_string(newest).unwrap()
+        logs
     }
 
     /// Every instance process recorded by the platform (to clean up after a kill -9).
