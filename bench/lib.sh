@@ -93,6 +93,7 @@ need() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Builds the bench examples and teal's plain release binary.
 build() {
     say "building teal and the bench examples (release)"
     local log
@@ -105,6 +106,27 @@ build() {
     fi
     tail -n 1 "$log" >&2
     rm -f "$log"
+}
+
+# Points TEAL at the binary to measure: by default the release binary of
+# scripts/build-release.sh (profile-guided optimization, as teal is meant to be
+# shipped); with PGO=0 the plain one of `build`. TEAL_BUILD says which, for the report.
+build_release() {
+    if [ "${PGO:-1}" = 0 ]; then
+        TEAL_BUILD="cargo build --release (PGO=0)"
+        return
+    fi
+    say "building teal's release binary with PGO (scripts/build-release.sh)"
+    local log
+    log=$(mktemp)
+    if ! TEAL=$(bash "$ROOT/scripts/build-release.sh" 2>"$log"); then
+        tail -n 40 "$log" >&2
+        rm -f "$log"
+        die "the PGO build failed (PGO=0 measures the plain release build)"
+    fi
+    rm -f "$log"
+    TEAL_BUILD="scripts/build-release.sh (profile-guided)"
+    echo "teal binary: $TEAL" >&2
 }
 
 # A free TCP port on 127.0.0.1: nothing accepts a connection there now, and this run

@@ -11,7 +11,8 @@
 # ROUNDS (5), WORK_MS (1: the second scenario's wait per request), OTHER_MAX (5) and
 # ATTEMPTS (3): a measurement during which anything else used more than OTHER_MAX % of
 # the CPU is taken again, up to ATTEMPTS times, KEEP_TMP=1 keeps the run's directory
-# (configs, logs).
+# (configs, logs). PGO=0 measures teal's plain `cargo build --release` binary instead
+# of the profile-guided one of scripts/build-release.sh.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -27,6 +28,7 @@ TARGETS=(direct teal nginx haproxy)
 
 need wrk:wrk nginx:nginx haproxy:haproxy curl:curl jq:jq
 build
+build_release
 run_dir
 RESULTS="$RUN_DIR/results.tsv"
 : >"$RESULTS"
@@ -245,6 +247,7 @@ echo
 echo "## bench/proxy.sh: $(machine)"
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency per measurement, $ROUNDS interleaved rounds, medians;" \
+    "teal built by $TEAL_BUILD;" \
     "one bench_backend instance started by teal; nginx (worker_processes auto) and HAProxy (one thread per core)" \
     "with upstream keep-alive. CPU: user+system time of the proxy's processes per request." \
     "Peak RSS: VmHWM after the scenario (teal: the whole daemon; nginx: master + workers)." \

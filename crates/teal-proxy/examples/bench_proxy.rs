@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Serves 127.0.0.1:PORT (default: a free port, printed) with a route table whose
-//! active backend is blue revision 1 on BACKEND_ADDRESS; runs until killed.
+//! active backend is blue revision 1 on BACKEND_ADDRESS; runs until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -44,8 +44,17 @@ async fn main() -> ExitCode {
         Ok(bound) => println!("bench_proxy listening on http://{bound} → {backend}"),
         Err(err) => eprintln!("bench_proxy: {err}"),
     }
-    if let Err(err) = teal_proxy::serve(listener, proxy, Role::Active, std::future::pending()).await
-    {
+    // Ctrl-C or SIGTERM ends it normally (main returns), so a build instrumented for
+    // profile-guided optimization writes its profile.
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    if let Err(err) = teal_proxy::serve(listener, proxy, Role::Active, stop).await {
         eprintln!("bench_proxy: {err}");
         return ExitCode::FAILURE;
     }
