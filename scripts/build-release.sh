@@ -100,7 +100,13 @@ EOF
     url="http://$("$teal" --data-dir "$work/teal" get train -o json | sed -n 's/.*"active_listen": *"\([^"]*\)".*/\1/p')/"
     [ "$url" != "http:///" ] || die "the training rollout has no active address"
     say "training on $url for $((TRAIN_SECONDS + 4)) s"
-    wrk -t2 -c64 -d"${TRAIN_SECONDS}s" "$url" >&2
+    # Not the benchmark's load (bench/proxy.sh: 64 connections, `GET /` with wrk's
+    # bare headers): fewer connections, and requests with a query and the headers a
+    # browser sends.
+    wrk -t2 -c24 -d"${TRAIN_SECONDS}s" -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64)' \
+        -H 'Accept: text/html,application/xhtml+xml;q=0.9,*/*;q=0.8' -H 'Accept-Encoding: gzip, br' \
+        -H 'Accept-Language: en-GB,en;q=0.7' -H 'Cookie: session=8c1f0e; theme=dark' \
+        "${url}shop/items?page=2" >&2
     wrk -t1 -c8 -d2s -H 'Connection: close' "$url" >&2
     for _ in $(seq 200); do
         curl -s -o /dev/null --http2-prior-knowledge "$url" || break
@@ -119,9 +125,9 @@ say "building the training backend"
 cargo_build -p teal-proxy --example bench_backend
 say "building teal instrumented ($GENERATE_DIR)"
 build_with "-Cprofile-generate=$PROFILES/raw" "$GENERATE_DIR"
-# The profile is kept while the instrumented binary is the same: a new profile makes
+# The profile is kept while the instrumented binary and this script are the same: a new profile makes
 # cargo build every crate again.
-stamp=$(sha256sum "$GENERATE_DIR/$HOST/release/teal" | cut -d' ' -f1)
+stamp=$(cat "$GENERATE_DIR/$HOST/release/teal" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 if [ -s "$PROFILES/teal.profdata" ] && [ "$(cat "$PROFILES/trained-on" 2>/dev/null)" = "$stamp" ]; then
     say "teal is unchanged since the last training: its profile is used again"
 else
