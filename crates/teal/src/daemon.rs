@@ -117,6 +117,8 @@ pub struct Daemon {
     /// True while the daemon this one took over from still answers the requests and
     /// carries the WebSockets it accepted: no color is stopped under them meanwhile.
     predecessor_running: watch::Sender<bool>,
+    /// The pid of the daemon this one took over from, once it confirmed the takeover.
+    predecessor: std::sync::OnceLock<u32>,
 }
 
 /// The daemon with every writer stopped, for a takeover: no command is decided, no
@@ -154,6 +156,7 @@ impl Daemon {
             passes: tokio::sync::RwLock::new(()),
             successor: watch::channel(None).0,
             predecessor_running: watch::channel(!inherited.is_empty()).0,
+            predecessor: std::sync::OnceLock::new(),
         });
         // Every rollout's listeners before any reconciler starts: a takeover that cannot
         // serve what it was handed is refused with nothing begun, and the running daemon,
@@ -745,6 +748,12 @@ impl Daemon {
             .collect()
     }
 
+    /// The daemon this one took over from (pid) confirmed the takeover; it drains
+    /// until [`Daemon::predecessor_exited`].
+    pub fn took_over_from(&self, pid: u32) {
+        let _ = self.predecessor.set(pid);
+    }
+
     /// The daemon this one took over from has exited (or the takeover is over).
     pub fn predecessor_exited(&self) {
         self.predecessor_running.send_replace(false);
@@ -775,12 +784,17 @@ impl Daemon {
     /// requests still get their time. Last, while a daemon this one took over from
     /// still drains, this one waits for it (within the same bounds), so that the
     /// daemon that took over from this one, which waits for this one to exit before
-    /// it stops a color, waits for both.
+    /// it stops a color, waits for both. A stop signal is passed on to it: it closes
+    /// its WebSockets and answers its requests in the same way, and is still waited
+    /// for.
     pub async fn drain_after_handover(&self, close_now: watch::Receiver<bool>) {
         let runtimes = self.all_runtimes();
         let mut longest = Duration::ZERO;
+        let mut longest_requests = Duration::ZERO;
         let drains = runtimes.iter().map(|runtime| {
-            longest = longest.max(predecessor_bound(&runtime.proxy.options()));
+            let options = runtime.proxy.options();
+            longest = longest.max(predecessor_bound(&options));
+            longest_requests = longest_requests.max(options.shutdown_grace + PREDECESSOR_EXIT);
             let listeners = runtime.listeners.lock().expect("listeners lock").close();
             let (mut signal, later) = (close_now.clone(), close_now.clone());
             async move {
@@ -819,8 +833,34 @@ impl Daemon {
         futures_util::future::join_all(drains).await;
         let mut close_now = close_now;
         tokio::select! {
-            _ = self.wait_for_predecessor(longest) => {}
+            _ = self.wait_for_predecessor(longest) => return,
             _ = async { close_now.wait_for(|close| *close).await.map(drop) } => {}
+        }
+        if self.stop_predecessor() {
+            self.wait_for_predecessor(longest_requests).await;
+        }
+    }
+
+    /// Sends SIGTERM to the daemon this one took over from, while it still drains;
+    /// true when it was sent. Its pid cannot have been reused: the daemon holds the
+    /// handoff connection open until it exits, and it has not been seen to close.
+    fn stop_predecessor(&self) -> bool {
+        let Some(&pid) = self.predecessor.get() else {
+            return false;
+        };
+        if !*self.predecessor_running.borrow() {
+            return false;
+        }
+        tracing::info!(
+            "stopping pid {pid}, the daemon this one took over from, the same way: its WebSockets close, its requests are answered"
+        );
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!("could not stop pid {pid}: {err}");
+                false
+            }
         }
     }
 
@@ -883,8 +923,11 @@ impl Daemon {
 /// rollout with these options: that one drains the rollout within the same timeouts
 /// (its requests, then its WebSockets), plus a margin for its exit.
 pub(crate) fn predecessor_bound(options: &teal_proxy::ProxyOptions) -> Duration {
-    options.shutdown_grace + options.upgraded_drain_timeout + Duration::from_secs(10)
+    options.shutdown_grace + options.upgraded_drain_timeout + PREDECESSOR_EXIT
 }
+
+/// The margin for a daemon that has drained to exit.
+const PREDECESSOR_EXIT: Duration = Duration::from_secs(10);
 
 /// How long a daemon whose takeover failed waits for its instances to be ready again.
 const RESUME_WARM: std::time::Duration = std::time::Duration::from_secs(5);

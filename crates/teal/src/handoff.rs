@@ -389,6 +389,7 @@ impl Takeover {
             self.count, self.predecessor
         );
         let predecessor = self.predecessor;
+        daemon.took_over_from(predecessor);
         let mut stream = self.stream;
         // The old daemon holds the connection until it exits.
         tokio::spawn(async move {

@@ -602,6 +602,96 @@ fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
     assert!(answer.body.contains("version v1"), "{answer:?}");
 }
 
+/// Two takeovers in a row while the first daemon still drains a WebSocket and a
+/// request: the middle daemon, which waits for the first before it exits, is told to
+/// stop. It stops the first one the same way (the WebSocket closes at once, the request
+/// is answered) and exits only after it, so the newest daemon, which waits for the
+/// middle one before it stops a color, has waited for every request of the chain.
+#[test]
+fn a_stop_signal_to_a_daemon_that_took_over_stops_the_one_it_took_over_from() {
+    let mut sandbox = Sandbox::start();
+    let rt = runtime();
+    let mut spec = DemoSpec::new("chain", "v1");
+    spec.replicas = 1;
+    spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
+    sandbox.apply_ok("chain.yaml", &spec.yaml());
+    let live = sandbox.wait_for("chain", "v1 live", |r| r.phase == Phase::Healthy);
+    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let (mut tunnel, _) = crate::drain::Tunnel::open(active);
+    tunnel.echo("before");
+    let slow = rt.spawn(async move {
+        Connection::open(active)
+            .await
+            .map_err(|e| e.to_string())?
+            .get("/slow?ms=20000", None)
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut first = sandbox.start_successor();
+    eventually(Duration::from_secs(30), "the second daemon serves", || {
+        sandbox
+            .newest_daemon_log()
+            .contains("took over")
+            .then_some(())
+    });
+    let mut middle = sandbox.start_successor();
+    eventually(Duration::from_secs(30), "the third daemon serves", || {
+        sandbox
+            .newest_daemon_log()
+            .contains("took over")
+            .then_some(())
+    });
+    tunnel.echo("the first daemon carries it on");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first daemon drains"
+    );
+    assert!(
+        middle.try_wait().unwrap().is_none(),
+        "the middle daemon waits for the first"
+    );
+    assert!(
+        !slow.is_finished(),
+        "the request is still in flight at the signal"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(middle.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let closed_at = std::time::Instant::now();
+    assert!(
+        tunnel.closed(),
+        "the first daemon's WebSocket is closed cleanly"
+    );
+    assert!(closed_at.elapsed() < Duration::from_secs(3));
+    let answer = rt
+        .block_on(slow)
+        .unwrap()
+        .expect("the first daemon's request is answered");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let status = eventually(Duration::from_secs(20), "the middle daemon exits", || {
+        middle.try_wait().unwrap()
+    });
+    assert!(status.success(), "{}", sandbox.daemon_log());
+    let first_status = first
+        .try_wait()
+        .unwrap()
+        .expect("the first daemon exited before the middle one");
+    assert!(first_status.success(), "{}", sandbox.daemon_log());
+    assert!(
+        sandbox
+            .daemon_log()
+            .contains("the daemon this one took over from, the same way"),
+        "{}",
+        sandbox.daemon_log()
+    );
+    let answer = rt.block_on(get_once(active, None));
+    assert!(answer.body.contains("version v1"), "{answer:?}");
+}
+
 /// A preview address another program took while no daemon ran: the daemon that
 /// starts then only warns about it, and so does one that takes over from it (the
 /// active socket it was handed is served; only a handed socket must be).
