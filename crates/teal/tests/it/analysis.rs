@@ -96,12 +96,6 @@ fn analysis_runs(sandbox: &Sandbox, name: &str) -> AnalysisView {
     serde_json::from_str(&out).unwrap()
 }
 
-fn live_on_blue(sandbox: &Sandbox, spec: &DemoSpec) -> SocketAddr {
-    sandbox.apply_ok("spec.yaml", &spec.yaml());
-    let live = sandbox.wait_for(spec.name, "v1 live", |r| r.phase == Phase::Healthy);
-    live.active_listen.parse().unwrap()
-}
-
 #[test]
 fn failing_preview_is_aborted_by_pre_promotion_analysis_while_users_see_no_error() {
     let sandbox = Sandbox::start();
@@ -109,7 +103,7 @@ fn failing_preview_is_aborted_by_pre_promotion_analysis_while_users_see_no_error
     spec.replicas = 1;
     spec.documents = builtin_template("success", "success-rate", "result >= 0.95", 3);
     spec.strategy_extra = "      prePromotionAnalysis:\n        templates: [{templateName: success}]\n      loadTest: {requestsPerSecond: 40, concurrency: 2}\n".to_owned();
-    let active = live_on_blue(&sandbox, &spec);
+    let active = sandbox.go_live(&spec);
     // The first release is not analysed: nobody to protect yet.
     assert!(analysis_runs(&sandbox, "gate").runs.is_empty());
 
@@ -196,7 +190,7 @@ fn slow_preview_fails_a_latency_condition() {
     spec.replicas = 1;
     spec.documents = builtin_template("fast", "latency-p99", "result < 100", 2);
     spec.strategy_extra = "      prePromotionAnalysis:\n        templates: [{templateName: fast}]\n      loadTest: {requestsPerSecond: 20, concurrency: 4}\n".to_owned();
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
     spec.version = "v2";
     spec.extra_env = vec![("DEMO_DELAY_MS", "300")];
     sandbox.apply_ok("spec.yaml", &spec.yaml());
@@ -225,7 +219,7 @@ fn no_traffic_is_inconclusive_and_waits_for_a_person() {
     spec.documents = builtin_template("success", "success-rate", "result >= 0.95", 1);
     spec.strategy_extra =
         "      prePromotionAnalysis:\n        templates: [{templateName: success}]\n".to_owned();
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
     spec.version = "v2";
     sandbox.apply_ok("spec.yaml", &spec.yaml());
     let held = sandbox.wait_for("quiet", "inconclusive", |r| {
@@ -250,7 +244,7 @@ fn breaking_after_the_switch_is_rolled_back_by_post_promotion_analysis() {
     spec.documents = builtin_template("success", "success-rate", "result >= 0.9", 30);
     spec.strategy_extra =
         "      postPromotionAnalysis:\n        templates: [{templateName: success}]\n".to_owned();
-    let active = live_on_blue(&sandbox, &spec);
+    let active = sandbox.go_live(&spec);
     let client = Client::start(active);
     // v2 answers its first 10 requests, then fails every one.
     spec.version = "v2";
@@ -311,7 +305,7 @@ spec:
 "#
     .to_owned();
     spec.strategy_extra = "      prePromotionAnalysis:\n        templates: [{templateName: smoke}]\n        args: [{name: expected, value: \"2\"}]\n".to_owned();
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
     spec.version = "v2";
     sandbox.apply_ok("spec.yaml", &spec.yaml());
     let paused = sandbox.wait_for("jobs", "v2 passes", |r| {
@@ -483,7 +477,7 @@ spec:
         )
     };
     spec.strategy_extra = strategy("health");
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
 
     // The web metric passes; auto-promotion then waits for the QA webhook.
     spec.version = "v2";
@@ -665,7 +659,7 @@ spec:
     spec.strategy_extra =
         "      prePromotionAnalysis:\n        templates: [{templateName: ready-instances}]\n"
             .to_owned();
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
     eventually(
         Duration::from_secs(60),
         "Prometheus has scraped teal",
@@ -711,7 +705,7 @@ fn a_run_interrupted_by_kill_9_resumes_with_its_measurements() {
     spec.replicas = 1;
     spec.documents = builtin_template("success", "success-rate", "result >= 0.95", 6);
     spec.strategy_extra = "      prePromotionAnalysis:\n        templates: [{templateName: success}]\n      loadTest: {requestsPerSecond: 20, concurrency: 2}\n".to_owned();
-    live_on_blue(&sandbox, &spec);
+    sandbox.go_live(&spec);
     spec.version = "v2";
     sandbox.apply_ok("spec.yaml", &spec.yaml());
     let measured = sandbox.wait_for("resume", "two measurements", |r| {

@@ -83,9 +83,7 @@ fn a_websocket_on_the_old_color_holds_up_neither_an_undo_nor_the_next_release() 
     // WebSockets may keep it for five minutes.
     spec.scale_down_delay = 0;
     spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 5m}\n".to_owned();
-    sandbox.apply_ok("spec.yaml", &spec.yaml());
-    let live = sandbox.wait_for("ws", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
     let (mut tunnel, color) = Tunnel::open(active);
     assert_eq!(color, "blue");
     tunnel.echo("hello");
@@ -168,9 +166,7 @@ fn proxy_limits_from_the_spec_are_enforced_and_follow_a_new_apply() {
     let mut spec = DemoSpec::new("limits", "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {maxRequestBodyBytes: 100}\n".to_owned();
-    sandbox.apply_ok("spec.yaml", &spec.yaml());
-    let live = sandbox.wait_for("limits", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
 
     assert_eq!(post(active, 100).0, 200);
     assert_eq!(
@@ -210,9 +206,7 @@ fn upstream_protocol_h2c_speaks_http2_to_the_instances_and_follows_a_new_apply()
     let mut spec = DemoSpec::new("grpc", "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {upstreamProtocol: h2c}\n".to_owned();
-    sandbox.apply_ok("spec.yaml", &spec.yaml());
-    let live = sandbox.wait_for("grpc", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
     // The client speaks HTTP/1.1 to teal; teal speaks HTTP/2 to the instance.
     assert_eq!(protocol_at_instance(active), "HTTP/2.0");
 

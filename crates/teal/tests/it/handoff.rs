@@ -428,9 +428,7 @@ fn a_takeover_drains_the_old_daemon_within_the_rollout_drain_timeouts() {
     spec.scale_down_delay = 1;
     spec.strategy_extra =
         "      drainTimeoutSeconds: 30\n      proxy: {upgradedDrainTimeout: 3s}\n".to_owned();
-    sandbox.apply_ok("drained.yaml", &spec.yaml());
-    let live = sandbox.wait_for("drained", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
     spec.version = "v2";
     sandbox.apply_ok("drained.yaml", &spec.yaml());
     sandbox.wait_for("drained", "v2 in preview", |r| r.phase == Phase::Paused);
@@ -552,9 +550,7 @@ fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
     let mut spec = DemoSpec::new("patient", "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
-    sandbox.apply_ok("patient.yaml", &spec.yaml());
-    let live = sandbox.wait_for("patient", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
     let (mut tunnel, _) = crate::drain::Tunnel::open(active);
     tunnel.echo("before");
     let slow = rt.spawn(async move {
@@ -614,9 +610,7 @@ fn a_stop_signal_to_a_daemon_that_took_over_stops_the_one_it_took_over_from() {
     let mut spec = DemoSpec::new("chain", "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
-    sandbox.apply_ok("chain.yaml", &spec.yaml());
-    let live = sandbox.wait_for("chain", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
     let (mut tunnel, _) = crate::drain::Tunnel::open(active);
     tunnel.echo("before");
     let slow = rt.spawn(async move {

@@ -200,6 +200,15 @@ impl Sandbox {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Applies `spec` and waits until users are on it; returns its active address.
+    pub fn go_live(&self, spec: &DemoSpec) -> SocketAddr {
+        self.apply_ok(&format!("{}.yaml", spec.name), &spec.yaml());
+        let live = self.wait_for(spec.name, "the first revision live", |r| {
+            r.phase == teal_core::rollout::Phase::Healthy
+        });
+        live.active_listen.parse().unwrap()
+    }
+
     pub fn get(&self, name: &str) -> RolloutView {
         serde_json::from_str(&self.teal_ok(&["get", name, "-o", "json"])).unwrap()
     }

@@ -72,9 +72,7 @@ fn promote_and_undo_under_load(scale_down_delay: u32) {
     let rt = runtime();
     let mut spec = DemoSpec::new("busy", "v1");
     spec.scale_down_delay = scale_down_delay;
-    sandbox.apply_ok("busy.yaml", &spec.yaml());
-    let live = sandbox.wait_for("busy", "v1 live", |r| r.phase == Phase::Healthy);
-    let active: SocketAddr = live.active_listen.parse().unwrap();
+    let active = sandbox.go_live(&spec);
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(&rt, active, 6, stop.clone());
