@@ -35,6 +35,13 @@ if ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)';
     exit 1
 fi
 
+# The shell scripts (this one, CI's, the benchmarks', the release build's, the browser
+# tests' runner) are linted like the Rust code.
+if ! command -v shellcheck >/dev/null; then
+    apt_install shellcheck
+fi
+shellcheck -x .ci/run scripts/*.sh bench/*.sh crates/teal/tests/browser/run.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Kubernetes controller is behind the `kubernetes` feature: lint that build too.

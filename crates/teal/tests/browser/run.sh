@@ -39,7 +39,9 @@ cleanup() {
         [ -e "$record" ] || continue
         local instance
         instance="$(grep -o '"pid": *[0-9]*' "$record" | grep -o '[0-9]*$' || true)"
-        [ -n "$instance" ] && kill -KILL -- "-$instance" 2>/dev/null || true
+        if [ -n "$instance" ]; then
+            kill -KILL -- "-$instance" 2>/dev/null || true
+        fi
     done
     if [ "$status" -ne 0 ]; then
         echo "--- daemon log (last 80 lines) ---" >&2
@@ -73,7 +75,8 @@ mkdir -p "$root/target/screenshots"
 export TEAL_BIN="$teal_bin" TEAL_DATA_DIR="$data" TEAL_TMP="$tmp" TEAL_PID_FILE="$pid_file"
 export TEAL_DAEMON_LOG_DIR="$tmp" SCREENSHOT_DIR="$root/target/screenshots"
 # Not TEAL_API: the CLI reads that variable as an address of its own.
-export TEAL_URL="http://$(cat "$data/api.addr")"
+TEAL_URL="http://$(cat "$data/api.addr")"
+export TEAL_URL
 export TEAL_TOKEN_FILE="$data/token"
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 
