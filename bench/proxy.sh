@@ -114,23 +114,7 @@ scenario() {
     local args="" arg
     # shellcheck disable=SC2016 # $(PORT) is for teal to replace, not the shell
     for arg in "$BACKEND_BIN" --port '$(PORT)' "$@"; do args="$args\"$arg\", "; done
-    cat >"$dir/rollout.yaml" <<EOF
-apiVersion: teal.dev/v1alpha1
-kind: Rollout
-metadata:
-  name: bench
-spec:
-  replicas: 1
-  template:
-    process:
-      command: [${args%, }]
-    readinessProbe:
-      httpGet: {path: /ready}
-      periodSeconds: 1
-  strategy:
-    blueGreen:
-      activeService: {listen: "127.0.0.1:0"}
-EOF
+    render "$BENCH/rollout.yaml" "$dir/rollout.yaml" "NAME=bench" "COMMAND=${args%, }"
     "$TEAL" --data-dir "$dir/teal" apply -f "$dir/rollout.yaml" --wait --timeout 60s >&2
     local view
     view=$("$TEAL" --data-dir "$dir/teal" get bench -o json)

@@ -78,23 +78,8 @@ train() {
         sleep 0.1
     done
     [ -s "$work/teal/api.addr" ] || die "the instrumented daemon did not start; see $work/server.log"
-    cat >"$work/rollout.yaml" <<EOF
-apiVersion: teal.dev/v1alpha1
-kind: Rollout
-metadata:
-  name: train
-spec:
-  replicas: 1
-  template:
-    process:
-      command: ["$BACKEND_BIN", "--port", "\$(PORT)"]
-    readinessProbe:
-      httpGet: {path: /ready}
-      periodSeconds: 1
-  strategy:
-    blueGreen:
-      activeService: {listen: "127.0.0.1:0"}
-EOF
+    sed -e 's#@NAME@#train#' -e "s#@COMMAND@#\"$BACKEND_BIN\", \"--port\", \"\$(PORT)\"#" \
+        "$ROOT/bench/rollout.yaml" >"$work/rollout.yaml"
     "$teal" --data-dir "$work/teal" apply -f "$work/rollout.yaml" --wait --timeout 60s >&2
     local url
     url="http://$("$teal" --data-dir "$work/teal" get train -o json | sed -n 's/.*"active_listen": *"\([^"]*\)".*/\1/p')/"

@@ -540,14 +540,20 @@ fn a_successor_the_running_daemon_does_not_confirm_exits() {
     );
 }
 
-/// An old daemon that drains a WebSocket for minutes after a takeover closes it at
-/// once when told to stop, and still answers the request it is serving: the operator
-/// need not wait out `upgradedDrainTimeout`, and no request is cut.
-#[test]
-fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
-    let mut sandbox = Sandbox::start();
+/// A rollout live on one instance whose WebSockets may drain for 10 minutes, with a
+/// WebSocket open through it and a request of `slow_ms` in flight.
+struct Busy {
+    sandbox: Sandbox,
+    rt: tokio::runtime::Runtime,
+    active: SocketAddr,
+    tunnel: crate::drain::Tunnel,
+    slow: tokio::task::JoinHandle<Result<Answer, String>>,
+}
+
+fn busy(name: &'static str, slow_ms: u64) -> Busy {
+    let sandbox = Sandbox::start();
     let rt = runtime();
-    let mut spec = DemoSpec::new("patient", "v1");
+    let mut spec = DemoSpec::new(name, "v1");
     spec.replicas = 1;
     spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
     let active = sandbox.go_live(&spec);
@@ -557,10 +563,32 @@ fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
         Connection::open(active)
             .await
             .map_err(|e| e.to_string())?
-            .get("/slow?ms=15000", None)
+            .get(&format!("/slow?ms={slow_ms}"), None)
             .await
     });
+    // The request reaches the daemon before anything else happens.
     std::thread::sleep(Duration::from_millis(200));
+    Busy {
+        sandbox,
+        rt,
+        active,
+        tunnel,
+        slow,
+    }
+}
+
+/// An old daemon that drains a WebSocket for minutes after a takeover closes it at
+/// once when told to stop, and still answers the request it is serving: the operator
+/// need not wait out `upgradedDrainTimeout`, and no request is cut.
+#[test]
+fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
+    let Busy {
+        mut sandbox,
+        rt,
+        active,
+        mut tunnel,
+        slow,
+    } = busy("patient", 15_000);
 
     let mut old = sandbox.start_successor();
     eventually(Duration::from_secs(30), "the new daemon serves", || {
@@ -605,22 +633,13 @@ fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
 /// middle one before it stops a color, has waited for every request of the chain.
 #[test]
 fn a_stop_signal_to_a_daemon_that_took_over_stops_the_one_it_took_over_from() {
-    let mut sandbox = Sandbox::start();
-    let rt = runtime();
-    let mut spec = DemoSpec::new("chain", "v1");
-    spec.replicas = 1;
-    spec.strategy_extra = "      proxy: {upgradedDrainTimeout: 10m}\n".to_owned();
-    let active = sandbox.go_live(&spec);
-    let (mut tunnel, _) = crate::drain::Tunnel::open(active);
-    tunnel.echo("before");
-    let slow = rt.spawn(async move {
-        Connection::open(active)
-            .await
-            .map_err(|e| e.to_string())?
-            .get("/slow?ms=20000", None)
-            .await
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let Busy {
+        mut sandbox,
+        rt,
+        active,
+        mut tunnel,
+        slow,
+    } = busy("chain", 20_000);
 
     let mut first = sandbox.start_successor();
     eventually(Duration::from_secs(30), "the second daemon serves", || {
