@@ -577,6 +577,35 @@ fn busy(name: &'static str, slow_ms: u64) -> Busy {
     }
 }
 
+/// Sends SIGTERM to `daemon` while `slow` is in flight: the WebSocket must close cleanly
+/// within `within`, and the request be answered.
+fn stop_closes_the_websocket_and_answers_the_request(
+    daemon: &Child,
+    tunnel: &mut crate::drain::Tunnel,
+    rt: &tokio::runtime::Runtime,
+    slow: tokio::task::JoinHandle<Result<Answer, String>>,
+    within: Duration,
+) {
+    assert!(
+        !slow.is_finished(),
+        "the request is still in flight at the signal"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let closed_at = std::time::Instant::now();
+    assert!(tunnel.closed(), "the WebSocket is closed cleanly");
+    let took = closed_at.elapsed();
+    assert!(took < within, "the WebSocket closed after {took:?}");
+    let answer = rt
+        .block_on(slow)
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
 /// An old daemon that drains a WebSocket for minutes after a takeover closes it at
 /// once when told to stop, and still answers the request it is serving: the operator
 /// need not wait out `upgradedDrainTimeout`, and no request is cut.
@@ -596,24 +625,13 @@ fn a_stop_signal_closes_the_old_daemons_websockets_but_not_its_requests() {
     });
     tunnel.echo("the old daemon carries it on");
     assert!(old.try_wait().unwrap().is_none(), "it drains");
-    assert!(
-        !slow.is_finished(),
-        "the request is still in flight at the signal"
+    stop_closes_the_websocket_and_answers_the_request(
+        &old,
+        &mut tunnel,
+        &rt,
+        slow,
+        Duration::from_secs(2),
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let closed_at = std::time::Instant::now();
-    assert!(tunnel.closed(), "the WebSocket is closed cleanly");
-    assert!(closed_at.elapsed() < Duration::from_secs(2));
-    let answer = rt
-        .block_on(slow)
-        .unwrap()
-        .expect("the request in flight is answered");
-    assert_eq!(answer.status, 200, "{answer:?}");
     let status = eventually(Duration::from_secs(10), "the old daemon exits", || {
         old.try_wait().unwrap()
     });
@@ -664,27 +682,14 @@ fn a_stop_signal_to_a_daemon_that_took_over_stops_the_one_it_took_over_from() {
         middle.try_wait().unwrap().is_none(),
         "the middle daemon waits for the first"
     );
-    assert!(
-        !slow.is_finished(),
-        "the request is still in flight at the signal"
+    // The WebSocket and the request are the first daemon's.
+    stop_closes_the_websocket_and_answers_the_request(
+        &middle,
+        &mut tunnel,
+        &rt,
+        slow,
+        Duration::from_secs(3),
     );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(middle.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let closed_at = std::time::Instant::now();
-    assert!(
-        tunnel.closed(),
-        "the first daemon's WebSocket is closed cleanly"
-    );
-    assert!(closed_at.elapsed() < Duration::from_secs(3));
-    let answer = rt
-        .block_on(slow)
-        .unwrap()
-        .expect("the first daemon's request is answered");
-    assert_eq!(answer.status, 200, "{answer:?}");
     let status = eventually(Duration::from_secs(20), "the middle daemon exits", || {
         middle.try_wait().unwrap()
     });
