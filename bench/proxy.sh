@@ -191,7 +191,8 @@ report() {
             return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
         BEGIN { while ((getline line < rssfile) > 0) { split(line, f, "\t"); if (f[1] == s) rss[f[2]] = f[3] } }
-        $1 == s { rps[$2] = rps[$2] " " $4; p50[$2] = p50[$2] " " $5; p99[$2] = p99[$2] " " $6
+        $1 == s { byround[$2, $3] = $4; rounds[$3] = 1
+                  rps[$2] = rps[$2] " " $4; p50[$2] = p50[$2] " " $5; p99[$2] = p99[$2] " " $6
                   p999[$2] = p999[$2] " " $7; err[$2] += $8; cpu[$2] = cpu[$2] " " $10; n[$2]++
                   if ($11 > other[$2]) other[$2] = $11 }
         END {
@@ -207,12 +208,22 @@ report() {
                     (c < 0 ? "-" : sprintf("%.1f", c)), (t in rss ? sprintf("%.1f", rss[t] / 1024) : "-"), other[t]
             }
             printf "\nmedians of %d rounds. teal relative to the others (req/s: above 1 is faster; latency: below 1 is faster):\n\n", n["teal"]
-            printf "| ratio | req/s | p50 | p99 | p99.9 |\n|---|---:|---:|---:|---:|\n"
+            printf "| ratio | req/s | req/s round by round: median (lowest to highest) | p50 | p99 | p99.9 |\n|---|---:|---:|---:|---:|---:|\n"
             split("nginx haproxy direct", others, " ")
             for (k = 1; k <= 3; k++) {
                 o = others[k]
-                printf "| teal/%s | %.2f | %.2f | %.2f | %.2f |\n", o, R["teal"] / R[o], P50["teal"] / P50[o],
-                    P99["teal"] / P99[o], P999["teal"] / P999[o]
+                # The machine speed drifts between rounds; within a round the targets
+                # run back to back, so the ratio within each round cancels most of it.
+                paired = ""; lo = 0; hi = 0
+                for (r in rounds) {
+                    if (!(("teal", r) in byround) || !((o, r) in byround) || byround[o, r] == 0) continue
+                    x = byround["teal", r] / byround[o, r]
+                    paired = paired " " x
+                    if (lo == 0 || x < lo) lo = x
+                    if (x > hi) hi = x
+                }
+                printf "| teal/%s | %.2f | %.2f (%.2f to %.2f) | %.2f | %.2f | %.2f |\n", o, R["teal"] / R[o],
+                    median(paired), lo, hi, P50["teal"] / P50[o], P99["teal"] / P99[o], P999["teal"] / P999[o]
             }
         }' "$RESULTS"
 }
