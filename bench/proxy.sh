@@ -228,7 +228,9 @@ report() {
         }' "$RESULTS"
 }
 
-say "machine: $(machine)"
+# The report names the machine and when the run started.
+STARTED=$(machine)
+say "machine: $STARTED"
 busy_check
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS rounds, on 127.0.0.1; $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)," \
     "$(nginx -v 2>&1 | cut -d' ' -f3), HAProxy $(haproxy -v | head -n1 | cut -d' ' -f3)" >&2
@@ -239,7 +241,7 @@ scenario fast "$FAST_TITLE"
 scenario work "$WORK_TITLE" --work-ms "$WORK_MS"
 
 echo
-echo "## bench/proxy.sh: $(machine)"
+echo "## bench/proxy.sh: $STARTED"
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency per measurement, $ROUNDS interleaved rounds, medians;" \
     "teal built by $TEAL_BUILD;" \

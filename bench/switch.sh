@@ -28,7 +28,9 @@ PAUSE_MS=${PAUSE_MS:-200}
 need nginx:nginx caddy:caddy curl:curl
 build
 run_dir
-say "machine: $(machine)"
+# The report names the machine and when the run started.
+STARTED=$(machine)
+say "machine: $STARTED"
 busy_check
 
 status=0
@@ -102,7 +104,7 @@ stop "$CADDY_PID"
 
 # The summary, from the RESULT lines.
 echo
-echo "## bench/switch.sh: $(machine)"
+echo "## bench/switch.sh: $STARTED"
 echo
 echo "$CONNECTIONS keep-alive connections sending GET / back to back; teal: $SWITCHES switches" \
     "(Proxy::set_routes), then $RSS_SWITCHES more for memory; nginx and Caddy: $EXTERNAL_SWITCHES switches" \
