@@ -263,9 +263,8 @@ impl Instance {
         self.stop.send_replace(true);
     }
 
-    /// Writes its record, when it has a process to record.
-    /// Writes its record. The readiness in it is cleared: only a handover says an
-    /// instance is ready (see [`Record::ready`]).
+    /// Writes its record, when it has a process to record. The readiness in it is
+    /// cleared: only a handover says an instance is ready (see [`Record::ready`]).
     fn save(&self, shared: &Shared, state: &State) {
         self.write_record(shared, state, false);
     }

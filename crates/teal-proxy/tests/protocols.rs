@@ -1349,10 +1349,6 @@ mod clients {
         }
     }
 
-    /// An h2c instance on the h2 crate, which (unlike hyper's server) can say why it
-    /// resets a stream: it refuses with REFUSED_STREAM the stream after
-    /// [`refuse_next`](Self::refuse_next) and every stream for `/refused`, and answers
-    /// the others with its name.
     /// An h2c backend that allows one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS
     /// 1). On each connection it answers the first request at once; it holds the
     /// second, shuts the connection down (GOAWAY) 300 ms later, and answers it 300 ms
@@ -1444,6 +1440,10 @@ mod clients {
         }
     }
 
+    /// An h2c instance on the h2 crate, which (unlike hyper's server) can say why it
+    /// resets a stream: it refuses with REFUSED_STREAM the stream after
+    /// [`refuse_next`](Self::refuse_next) and every stream for `/refused`, and answers
+    /// the others with its name.
     pub struct RefusingH2cBackend {
         pub addr: SocketAddr,
         refuse_next: Arc<AtomicBool>,

@@ -789,12 +789,15 @@ impl Daemon {
     /// for.
     pub async fn drain_after_handover(&self, close_now: watch::Receiver<bool>) {
         let runtimes = self.all_runtimes();
-        let mut longest = Duration::ZERO;
-        let mut longest_requests = Duration::ZERO;
+        let options: Vec<_> = runtimes.iter().map(|r| r.proxy.options()).collect();
+        // How long the daemon this one took over from may drain: everything, or, once
+        // told to stop, its requests alone.
+        let longest = options.iter().map(predecessor_bound).max();
+        let longest_requests = options
+            .iter()
+            .map(|options| options.shutdown_grace + PREDECESSOR_EXIT)
+            .max();
         let drains = runtimes.iter().map(|runtime| {
-            let options = runtime.proxy.options();
-            longest = longest.max(predecessor_bound(&options));
-            longest_requests = longest_requests.max(options.shutdown_grace + PREDECESSOR_EXIT);
             let listeners = runtime.listeners.lock().expect("listeners lock").close();
             let (mut signal, later) = (close_now.clone(), close_now.clone());
             async move {
@@ -833,11 +836,12 @@ impl Daemon {
         futures_util::future::join_all(drains).await;
         let mut close_now = close_now;
         tokio::select! {
-            _ = self.wait_for_predecessor(longest) => return,
+            _ = self.wait_for_predecessor(longest.unwrap_or_default()) => return,
             _ = async { close_now.wait_for(|close| *close).await.map(drop) } => {}
         }
         if self.stop_predecessor() {
-            self.wait_for_predecessor(longest_requests).await;
+            self.wait_for_predecessor(longest_requests.unwrap_or_default())
+                .await;
         }
     }
 
