@@ -571,24 +571,39 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let address = free_address();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = std::process::Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Prometheus {
-            address,
-            child,
-            _dir: dir,
+        // The address is free when chosen, but a process of another test may bind it
+        // first: Prometheus then exits at once, and is started again on another.
+        let log_path = dir.path().join("prometheus.log");
+        for _ in 0..5 {
+            let address = free_address();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .unwrap();
+            let mut child = std::process::Command::new(binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={address}"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            if started(&mut child, address, &log_path) {
+                return Prometheus {
+                    address,
+                    child,
+                    _dir: dir,
+                };
+            }
         }
+        panic!(
+            "Prometheus exited at start five times:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
     }
 
     fn query(&self, query: &str) -> serde_json::Value {
@@ -609,6 +624,36 @@ impl Prometheus {
         body.ok()
             .and_then(|b| serde_json::from_str(&b).ok())
             .unwrap_or_default()
+    }
+}
+
+/// Waits until a Prometheus just started answers on `/-/ready`; false when it exited
+/// first (its address was taken). Panics with its log when it neither serves nor exits
+/// within 60 s.
+fn started(child: &mut std::process::Child, address: SocketAddr, log: &std::path::Path) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let ready = runtime().block_on(async {
+            match Connection::open(address).await {
+                Ok(mut connection) => connection
+                    .get("/-/ready", None)
+                    .await
+                    .is_ok_and(|answer| answer.status == 200),
+                Err(_) => false,
+            }
+        });
+        if ready {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus is not ready after 60 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
